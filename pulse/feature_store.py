@@ -1,0 +1,90 @@
+"""Pulse's use of Feast: open the store of a profile, apply the repository, feed and read it.
+
+Feast is imported lazily: importing it costs seconds, and only the functions here need it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
+
+from pulse.features import FEATURES, TIMESTAMP_FIELD
+from pulse.settings import FEATURE_SERVICE, PROJECT_ROOT, PulseSettings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+
+
+def feature_store_yaml(settings: PulseSettings) -> str:
+    name = "feature_store.yaml" if settings.profile == "local" else f"feature_store.{settings.profile}.yaml"
+    return str(FEATURE_REPO / name)
+
+
+def open_store(settings: PulseSettings) -> FeatureStore:
+    from feast import FeatureStore
+
+    # feature_store.yaml and data_sources.py resolve paths from PULSE_HOME; pin it to this settings' home.
+    os.environ["PULSE_HOME"] = str(settings.home)
+    (settings.home / "feast").mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=feature_store_yaml(settings))
+
+
+def repository_objects() -> list:
+    from feature_repo import data_sources, entities, feature_services, feature_views
+
+    return [
+        entities.cell,
+        entities.service_type,
+        data_sources.demand_features_source,
+        feature_views.cell_service_demand_15min,
+        feature_services.demand_forecast_v1,
+    ]
+
+
+def apply_repository(settings: PulseSettings) -> list[str]:
+    """`feast apply`, programmatically (the CLI costs ~13 s of start-up per call)."""
+    store = open_store(settings)
+    objects = repository_objects()
+    store.apply(objects)
+    return [o.name for o in objects]
+
+
+def export_day(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> int:
+    """Write one day of fct_demand_features_15min as the Parquet file Feast's offline store reads."""
+    out_dir = settings.feast_offline_dir / "demand_features"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{day.isoformat()}.parquet"
+    # Cast to the Feast schema's types: DuckDB sums are HUGEINT, which Parquet readers handle poorly.
+    cols = ", ".join(f"CAST({n} AS {'BIGINT' if k == 'int' else 'DOUBLE'}) AS {n}" for n, k in FEATURES)
+    start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
+    # Feast compares event timestamps tz-aware: store UTC instants, not naive wall times.
+    query = (
+        f"SELECT hex_id, CAST(service_type AS BIGINT) AS service_type, {cols}, "
+        f"timezone('UTC', {TIMESTAMP_FIELD}) AS {TIMESTAMP_FIELD} "
+        f"FROM main.fct_demand_features_15min "
+        f"WHERE bucket_start >= TIMESTAMP '{start}' AND bucket_start < TIMESTAMP '{end}' "
+        f"ORDER BY service_type, hex_id, {TIMESTAMP_FIELD}"
+    )
+    tmp = path.with_suffix(".parquet.tmp")
+    con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
+    os.replace(tmp, path)  # readers never see a half-written file
+    return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
+
+
+def materialize_window(settings: PulseSettings, start: datetime, end: datetime) -> None:
+    """Load the newest feature row per (cell, service type) in [start, end) into the online store."""
+    store = open_store(settings)
+    store.materialize(start_date=start, end_date=end)
+
+
+def historical_features(settings: PulseSettings, entity_df: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time features of the feature service for rows (hex_id, service_type, event_timestamp)."""
+    store = open_store(settings)
+    service = store.get_feature_service(FEATURE_SERVICE)
+    return store.get_historical_features(entity_df=entity_df, features=service).to_df()

@@ -1,0 +1,286 @@
+"""Landing zone → validated raw tables in the DuckDB warehouse, one day partition at a time.
+
+Every row read ends up in exactly one place: the raw table, or ``raw.quarantine`` with the reason it was
+refused (accepted + quarantined = read). Loads are idempotent: a partition's rows are deleted before they
+are inserted, in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from pulse.h3cells import cells_for_points, neighbours
+from pulse.settings import PulseSettings
+
+
+class MissingColumnsError(ValueError):
+    """A landing file lacks a column the contract requires: the whole partition is refused."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """Data contract of one raw event table (see DESIGN.md)."""
+
+    table: str
+    ts_col: str
+    required: dict[str, str]  # column -> DuckDB type
+    optional: dict[str, str]
+    id_col: str | None = None
+    lat_col: str | None = None
+    lng_col: str | None = None
+    has_service_type: bool = False
+    enums: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return {**self.required, **self.optional}
+
+
+CONTRACTS: dict[str, Contract] = {
+    c.table: c
+    for c in (
+        Contract(
+            table="ride_requests",
+            ts_col="requested_at",
+            id_col="request_id",
+            lat_col="pickup_lat",
+            lng_col="pickup_lng",
+            has_service_type=True,
+            required={
+                "request_id": "VARCHAR",
+                "requested_at": "TIMESTAMP",
+                "pickup_lat": "DOUBLE",
+                "pickup_lng": "DOUBLE",
+                "service_type": "INTEGER",
+            },
+            optional={
+                "dropoff_lat": "DOUBLE",
+                "dropoff_lng": "DOUBLE",
+                "rider_id": "VARCHAR",
+                "status": "VARCHAR",
+                "quoted_surge": "DOUBLE",
+                "accepted": "BOOLEAN",
+            },
+            enums=(("status", ("completed", "cancelled", "unfulfilled")),),
+        ),
+        Contract(
+            table="driver_pings",
+            ts_col="pinged_at",
+            lat_col="lat",
+            lng_col="lng",
+            has_service_type=True,
+            required={
+                "driver_id": "VARCHAR",
+                "pinged_at": "TIMESTAMP",
+                "lat": "DOUBLE",
+                "lng": "DOUBLE",
+                "service_type": "INTEGER",
+                "status": "VARCHAR",
+            },
+            optional={},
+            enums=(("status", ("idle", "en_route", "on_trip")),),
+        ),
+        Contract(
+            table="price_quotes",
+            ts_col="quoted_at",
+            id_col="quote_id",
+            lat_col="lat",
+            lng_col="lng",
+            has_service_type=True,
+            required={
+                "quote_id": "VARCHAR",
+                "quoted_at": "TIMESTAMP",
+                "lat": "DOUBLE",
+                "lng": "DOUBLE",
+                "service_type": "INTEGER",
+                "surge_multiplier": "DOUBLE",
+                "converted": "BOOLEAN",
+            },
+            optional={},
+        ),
+        Contract(
+            table="weather",
+            ts_col="observed_at",
+            required={"observed_at": "TIMESTAMP", "temperature_c": "DOUBLE", "precipitation_mm": "DOUBLE"},
+            optional={"city": "VARCHAR"},
+        ),
+        Contract(
+            table="events",
+            ts_col="starts_at",
+            id_col="event_id",
+            lat_col="venue_lat",
+            lng_col="venue_lng",
+            required={
+                "event_id": "VARCHAR",
+                "venue_lat": "DOUBLE",
+                "venue_lng": "DOUBLE",
+                "starts_at": "TIMESTAMP",
+                "ends_at": "TIMESTAMP",
+                "expected_attendance": "BIGINT",
+            },
+            optional={"venue_name": "VARCHAR"},
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    table: str
+    day: date
+    read: int
+    accepted: int
+    quarantined: int
+    reasons: dict[str, int]
+
+
+def landing_file(settings: PulseSettings, table: str, day: date) -> Path:
+    return settings.landing_dir / table / f"date={day.isoformat()}" / "part-0.parquet"
+
+
+def connect(settings: PulseSettings) -> duckdb.DuckDBPyConnection:
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(settings.warehouse_path))
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every raw table, empty, so a city with only trip logs still has the tables dbt reads."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    for c in CONTRACTS.values():
+        cols = ", ".join(f"{n} {t}" for n, t in c.columns.items())
+        hex_col = ", hex_id VARCHAR" if c.lat_col else ""
+        con.execute(f"CREATE TABLE IF NOT EXISTS raw.{c.table} ({cols}{hex_col}, event_date DATE)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS raw.quarantine "
+        "(table_name VARCHAR, event_date DATE, reason VARCHAR, record JSON)"
+    )
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS raw.cell_neighbours (hex_id VARCHAR, neighbour_id VARCHAR, ring INTEGER)"
+    )
+
+
+def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
+    """One CASE expression naming the first rule a row breaks (NULL = the row is accepted)."""
+    start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
+    rules: list[tuple[str, str]] = [
+        (f"{col} IS NULL", f"null {col}") for col in c.required if col != c.ts_col
+    ]
+    rules.insert(0, (f"{c.ts_col} IS NULL", f"null or unparsable {c.ts_col}"))
+    rules.append(
+        (f"NOT ({c.ts_col} >= TIMESTAMP '{start}' AND {c.ts_col} < TIMESTAMP '{end}')", "outside partition day")
+    )
+    if c.lat_col:
+        lat, lng = c.lat_col, c.lng_col
+        rules.append(
+            (
+                f"NOT isfinite({lat}) OR NOT isfinite({lng}) OR {lat} NOT BETWEEN -90 AND 90 "
+                f"OR {lng} NOT BETWEEN -180 AND 180 OR ({lat} = 0 AND {lng} = 0)",
+                "invalid coordinates",
+            )
+        )
+        rules.append(
+            (
+                f"{lat} NOT BETWEEN {settings.lat_min} AND {settings.lat_max} "
+                f"OR {lng} NOT BETWEEN {settings.lng_min} AND {settings.lng_max}",
+                "coordinates outside city bounds",
+            )
+        )
+    if c.has_service_type:
+        known = ", ".join(str(s) for s in settings.service_types)
+        rules.append((f"service_type NOT IN ({known})", "unknown service type"))
+    for col, values in c.enums:
+        allowed = ", ".join(f"'{v}'" for v in values)
+        rules.append((f"{col} IS NOT NULL AND {col} NOT IN ({allowed})", f"unknown {col}"))
+    if c.table == "weather":
+        rules.append(("precipitation_mm < 0", "negative precipitation"))
+    if c.table == "price_quotes":
+        rules.append(("surge_multiplier < 1", "surge below 1"))
+    if c.id_col:
+        rules.append((f"row_number() OVER (PARTITION BY {c.id_col} ORDER BY _row) > 1", "duplicate id"))
+    whens = " ".join(f"WHEN {cond} THEN '{reason}'" for cond, reason in rules)
+    return f"CASE {whens} END"
+
+
+def _try_cast(col: str, typ: str) -> str:
+    # Through TIMESTAMPTZ: it parses strings with or without offset and accepts every Parquet timestamp unit.
+    if typ == "TIMESTAMP":
+        return f"TRY_CAST(TRY_CAST({col} AS TIMESTAMPTZ) AS TIMESTAMP) AS {col}"
+    return f"TRY_CAST({col} AS {typ}) AS {col}"
+
+
+def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, day: date) -> IngestResult:
+    """Validate one landing day file of ``table`` and load it; raises MissingColumnsError on a broken schema."""
+    c = CONTRACTS[table]
+    ensure_raw_schema(con)
+    path = landing_file(settings, table, day)
+    if path.exists():
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _landing AS SELECT * FROM read_parquet('{path}')")
+        present = {r[0] for r in con.execute("DESCRIBE _landing").fetchall()}
+        missing = sorted(set(c.required) - present)
+        if missing:
+            raise MissingColumnsError(f"{path} lacks required column(s) {missing} of the {table} contract")
+        # Casts are TRY_CASTs so an unparsable value becomes NULL and is quarantined by the null rules.
+        # Timestamps: tz-aware values are converted to UTC, naive ones are taken to be UTC already.
+        select = ", ".join(
+            (_try_cast(n, t) if n in present else f"CAST(NULL AS {t}) AS {n}") for n, t in c.columns.items()
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _typed AS "
+            f"SELECT {select}, row_number() OVER () AS _row, to_json(_landing) AS _record FROM _landing"
+        )
+    else:
+        cols = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in c.columns.items())
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _typed AS SELECT {cols}, 0 AS _row, NULL::JSON AS _record LIMIT 0")
+
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, {_reason_sql(c, settings, day)} AS _reason FROM _typed"
+    )
+    names = list(c.columns)
+    accepted = con.execute(f"SELECT {', '.join(names)} FROM _checked WHERE _reason IS NULL ORDER BY _row").df()
+    if c.lat_col:
+        accepted["hex_id"] = cells_for_points(
+            accepted[c.lat_col].to_numpy(np.float64), accepted[c.lng_col].to_numpy(np.float64), settings.h3_resolution
+        )
+    accepted["event_date"] = day
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
+        con.execute(f"INSERT INTO raw.{table} BY NAME SELECT * FROM accepted")
+        con.execute("DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ?", [table, day])
+        con.execute(
+            "INSERT INTO raw.quarantine SELECT ?, ?, _reason, _record FROM _checked WHERE _reason IS NOT NULL",
+            [table, day],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
+    reasons = dict(
+        con.execute("SELECT _reason, count(*) FROM _checked WHERE _reason IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    return IngestResult(table, day, read, len(accepted), sum(reasons.values()), reasons)
+
+
+def refresh_cell_neighbours(con: duckdb.DuckDBPyConnection, max_ring: int = 2) -> int:
+    """Add ring-1/2 neighbour pairs for cells that appear in raw.ride_requests and have none yet."""
+    ensure_raw_schema(con)
+    new_cells = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT hex_id FROM raw.ride_requests WHERE hex_id NOT IN "
+            "(SELECT DISTINCT hex_id FROM raw.cell_neighbours) ORDER BY 1"
+        ).fetchall()
+    ]
+    if new_cells:
+        rows = [(cell, n, ring) for cell in new_cells for ring in range(1, max_ring + 1) for n in neighbours(cell, ring)]
+        con.executemany("INSERT INTO raw.cell_neighbours VALUES (?, ?, ?)", rows)
+    return len(new_cells)

@@ -1,0 +1,38 @@
+"""The Pulse code location: assembles assets, checks, jobs and resources; defines nothing itself."""
+
+import dagster as dg
+
+from pulse.settings import PulseSettings
+from pulse_assets.fact_store import clickhouse_facts
+from pulse_assets.features import feast_registry, feature_export, online_features
+from pulse_assets.ingest import raw_assets, raw_cell_neighbours
+from pulse_assets.partitions import daily_partitions
+from pulse_assets.resources import resources_for
+from pulse_assets.training import champion_model, model_candidate
+from pulse_assets.transform import dbt_models
+
+daily_pipeline = dg.define_asset_job(
+    "daily_pipeline",
+    selection=dg.AssetSelection.all(),
+    partitions_def=daily_partitions,
+    description="Landing → raw → dbt facts → Feast (offline, registry, online) → ClickHouse → train → promote.",
+)
+
+defs = dg.Definitions(
+    assets=[
+        *raw_assets,
+        raw_cell_neighbours,
+        dbt_models,
+        clickhouse_facts,
+        feature_export,
+        feast_registry,
+        online_features,
+        model_candidate,
+        champion_model,
+    ],
+    jobs=[daily_pipeline],
+    resources=resources_for(PulseSettings()),
+    # One process runs a run's steps in order: the DuckDB warehouse takes one writer at a time, and
+    # per-step subprocesses would pay the Feast/dbt/LightGBM import cost again for every step.
+    executor=dg.in_process_executor,
+)
