@@ -1,0 +1,45 @@
+"""Small H3 helpers shared by the simulator and ingest (h3-py 4.x, string cell ids)."""
+
+from __future__ import annotations
+
+import h3
+import numpy as np
+
+
+def cells_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
+    """H3 cell id (str) of every point; ``None`` where a coordinate is missing or out of range.
+
+    h3-py 4.x has no vectorised ``latlng_to_cell`` (``h3.api.numpy_int`` only vectorises cell inputs), so
+    this is a comprehension over plain floats, ~1 µs per point. Out-of-range latitudes are refused here
+    because h3 silently wraps them onto a real cell.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    lng = np.asarray(lng, dtype=np.float64)
+    if lat.shape != lng.shape:
+        raise ValueError(f"lat and lng differ in shape: {lat.shape} vs {lng.shape}")
+    ok = np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0)
+    out = np.full(lat.shape, None, dtype=object)
+    out[ok] = [h3.latlng_to_cell(a, b, res) for a, b in zip(lat[ok].tolist(), lng[ok].tolist(), strict=True)]
+    return out
+
+
+def is_valid_cell(hex_id: object) -> bool:
+    """True for a valid H3 cell id string; False for anything else (None, ints, garbage)."""
+    return isinstance(hex_id, str) and h3.is_valid_cell(hex_id)
+
+
+def neighbours(hex_id: str, k: int) -> list[str]:
+    """Cells exactly ``k`` grid steps from ``hex_id`` (the hollow ring; ``k=0`` gives the cell), sorted.
+
+    Built as a difference of disks rather than ``h3.grid_ring`` so it also works next to pentagons.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k == 0:
+        return [hex_id]
+    return sorted(set(h3.grid_disk(hex_id, k)) - set(h3.grid_disk(hex_id, k - 1)))
+
+
+def disk(hex_id: str, k: int) -> list[str]:
+    """All cells within ``k`` grid steps of ``hex_id``, the cell itself included, sorted."""
+    return sorted(h3.grid_disk(hex_id, k))
