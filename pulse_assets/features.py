@@ -1,6 +1,5 @@
 """Features stage: export the dbt feature mart for Feast, apply the Feast repository, fill the online store."""
 
-from __future__ import annotations
 
 from datetime import timedelta
 

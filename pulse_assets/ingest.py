@@ -1,6 +1,5 @@
 """Ingest stage: landing Parquet → validated raw tables in DuckDB, rejected rows quarantined with a reason."""
 
-from __future__ import annotations
 
 import dagster as dg
 

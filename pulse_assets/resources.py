@@ -3,18 +3,16 @@ every URI the assets use is derived from it, so resources stay the same objects 
 
 from __future__ import annotations
 
-import dagster as dg
 import os
+import sys
+from pathlib import Path
 
+import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
 
 from pulse.settings import PROJECT_ROOT, PulseSettings
 
 dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
-if not dbt_project.manifest_path.exists():
-    # A fresh clone has no manifest yet; parsing needs no database, only the project files.
-    os.environ.setdefault("PULSE_WAREHOUSE", str(PulseSettings().warehouse_path))
-    dbt_project.preparer.prepare(dbt_project)
 
 
 class PulseResource(dg.ConfigurableResource):
@@ -27,8 +25,20 @@ class PulseResource(dg.ConfigurableResource):
         return PulseSettings(home=self.home, profile=self.profile)
 
 
+def dbt_cli() -> DbtCliResource:
+    return DbtCliResource(
+        project_dir=dbt_project,
+        profiles_dir=str(dbt_project.project_dir),
+        # The dbt of this environment, whether or not the venv is on PATH.
+        dbt_executable=str(Path(sys.executable).parent / "dbt"),
+    )
+
+
+if not dbt_project.manifest_path.exists():
+    # A fresh clone has no manifest yet; parsing needs no database, only the project files.
+    os.environ.setdefault("PULSE_WAREHOUSE", str(PulseSettings().warehouse_path))
+    dbt_cli().cli(["parse", "--quiet"], target_path=Path("target")).wait()
+
+
 def resources_for(settings: PulseSettings) -> dict[str, object]:
-    return {
-        "pulse": PulseResource(home=str(settings.home), profile=settings.profile),
-        "dbt": DbtCliResource(project_dir=dbt_project, profiles_dir=str(dbt_project.project_dir)),
-    }
+    return {"pulse": PulseResource(home=str(settings.home), profile=settings.profile), "dbt": dbt_cli()}

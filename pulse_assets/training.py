@@ -1,6 +1,5 @@
 """Training and promotion stages: a candidate per run's newest day, registered in MLflow, promoted if better."""
 
-from __future__ import annotations
 
 import dagster as dg
 

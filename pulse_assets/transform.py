@@ -1,6 +1,5 @@
 """Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt as vars."""
 
-from __future__ import annotations
 
 import json
 import os
