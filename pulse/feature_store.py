@@ -6,7 +6,7 @@ Feast is imported lazily: importing it costs seconds, and only the functions her
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -77,10 +77,25 @@ def export_day(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: dat
     return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
 
 
-def materialize_window(settings: PulseSettings, start: datetime, end: datetime) -> None:
-    """Load the newest feature row per (cell, service type) in [start, end) into the online store."""
+def newest_feature_ts(settings: PulseSettings) -> datetime | None:
+    files = settings.feast_offline_dir / "demand_features" / "*.parquet"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(f"SELECT max({TIMESTAMP_FIELD}) FROM read_parquet('{files}')").fetchone()[0]
+
+
+def materialize_window(settings: PulseSettings, start: datetime, end: datetime) -> datetime:
+    """Load the newest feature row per (cell, service type) into the online store, from ``start`` on.
+
+    The window always runs to the newest exported row: rerunning an old day must not put that day's
+    older rows in place of newer ones. Returns the end used.
+    """
+    newest = newest_feature_ts(settings)
+    if newest is not None:
+        end = max(end.replace(tzinfo=UTC), newest + timedelta(microseconds=1))
     store = open_store(settings)
-    store.materialize(start_date=start, end_date=end)
+    store.materialize(start_date=start.replace(tzinfo=UTC), end_date=end)
+    return end
 
 
 def historical_features(settings: PulseSettings, entity_df: pd.DataFrame) -> pd.DataFrame:

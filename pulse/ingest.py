@@ -158,23 +158,21 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         hex_col = ", hex_id VARCHAR" if c.lat_col else ""
         con.execute(f"CREATE TABLE IF NOT EXISTS raw.{c.table} ({cols}{hex_col}, event_date DATE)")
     con.execute(
-        "CREATE TABLE IF NOT EXISTS raw.quarantine "
-        "(table_name VARCHAR, event_date DATE, reason VARCHAR, record JSON)"
+        "CREATE TABLE IF NOT EXISTS raw.quarantine (table_name VARCHAR, event_date DATE, reason VARCHAR, record JSON)"
     )
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS raw.cell_neighbours (hex_id VARCHAR, neighbour_id VARCHAR, ring INTEGER)"
-    )
+    con.execute("CREATE TABLE IF NOT EXISTS raw.cell_neighbours (hex_id VARCHAR, neighbour_id VARCHAR, ring INTEGER)")
 
 
 def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
     """One CASE expression naming the first rule a row breaks (NULL = the row is accepted)."""
     start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
-    rules: list[tuple[str, str]] = [
-        (f"{col} IS NULL", f"null {col}") for col in c.required if col != c.ts_col
-    ]
+    rules: list[tuple[str, str]] = [(f"{col} IS NULL", f"null {col}") for col in c.required if col != c.ts_col]
     rules.insert(0, (f"{c.ts_col} IS NULL", f"null or unparsable {c.ts_col}"))
     rules.append(
-        (f"NOT ({c.ts_col} >= TIMESTAMP '{start}' AND {c.ts_col} < TIMESTAMP '{end}')", "outside partition day")
+        (
+            f"NOT ({c.ts_col} >= TIMESTAMP '{start}' AND {c.ts_col} < TIMESTAMP '{end}')",
+            "outside partition day",
+        )
     )
     if c.lat_col:
         lat, lng = c.lat_col, c.lng_col
@@ -246,7 +244,9 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
     accepted = con.execute(f"SELECT {', '.join(names)} FROM _checked WHERE _reason IS NULL ORDER BY _row").df()
     if c.lat_col:
         accepted["hex_id"] = cells_for_points(
-            accepted[c.lat_col].to_numpy(np.float64), accepted[c.lng_col].to_numpy(np.float64), settings.h3_resolution
+            accepted[c.lat_col].to_numpy(np.float64),
+            accepted[c.lng_col].to_numpy(np.float64),
+            settings.h3_resolution,
         )
     accepted["event_date"] = day
 
@@ -281,6 +281,8 @@ def refresh_cell_neighbours(con: duckdb.DuckDBPyConnection, max_ring: int = 2) -
         ).fetchall()
     ]
     if new_cells:
-        rows = [(cell, n, ring) for cell in new_cells for ring in range(1, max_ring + 1) for n in neighbours(cell, ring)]
+        rows = [
+            (cell, n, ring) for cell in new_cells for ring in range(1, max_ring + 1) for n in neighbours(cell, ring)
+        ]
         con.executemany("INSERT INTO raw.cell_neighbours VALUES (?, ?, ?)", rows)
     return len(new_cells)

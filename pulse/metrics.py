@@ -43,7 +43,12 @@ def coverage(actual, lower, upper) -> float:
 
 
 def summary(actual, p50, p10=None, p90=None) -> dict[str, float]:
-    out = {"mae": mae(actual, p50), "rmse": rmse(actual, p50), "wape": wape(actual, p50), "bias": bias(actual, p50)}
+    out = {
+        "mae": mae(actual, p50),
+        "rmse": rmse(actual, p50),
+        "wape": wape(actual, p50),
+        "bias": bias(actual, p50),
+    }
     if p10 is not None and p90 is not None:
         out["coverage_p10_p90"] = coverage(actual, p10, p90)
     return out

@@ -418,10 +418,7 @@ class _City:
             for ev in self.local_day_events(ld):
                 exits = ev["attendance"] * self.cfg.event_ride_share * market
                 around = [
-                    self.index[c]
-                    for k in (1, 2)
-                    for c in neighbours(self.cells[ev["venue"]], k)
-                    if c in self.index
+                    self.index[c] for k in (1, 2) for c in neighbours(self.cells[ev["venue"]], k) if c in self.index
                 ]
                 where = np.array([ev["venue"], *around])
                 spread = np.array([0.4] + [0.35 / 6] * (len(where) - 1))
@@ -475,9 +472,7 @@ class _City:
         )
 
 
-def _drive_day(
-    city: _City, fleet: _Fleet, d: int, expected: np.ndarray
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _drive_day(city: _City, fleet: _Fleet, d: int, expected: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Move the panel through UTC day ``d``: its pings, and mean idle drivers per (cell, service, bucket)."""
     rng = city._rng(_DRIVERS, d)
     dt = city.cfg.ping_seconds
@@ -685,14 +680,10 @@ def simulate_city(
             pings, idle = _drive_day(city, fleet, d, expected)
             requests, quotes = _market_day(city, d, expected, idle)
             events = [
-                ev
-                for ld in (d - 1, d, d + 1)
-                for ev in city.local_day_events(ld)
-                if t0 <= ev["starts_at"] < t0 + DAY_S
+                ev for ld in (d - 1, d, d + 1) for ev in city.local_day_events(ld) if t0 <= ev["starts_at"] < t0 + DAY_S
             ]
             venue_lat, venue_lng = (
-                np.array([h3.cell_to_latlng(city.cells[ev["venue"]])[i] for ev in events], dtype=float)
-                for i in (0, 1)
+                np.array([h3.cell_to_latlng(city.cells[ev["venue"]])[i] for ev in events], dtype=float) for i in (0, 1)
             )
             tables = {
                 "ride_requests": requests,

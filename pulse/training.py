@@ -129,7 +129,10 @@ def train_candidate(con: duckdb.DuckDBPyConnection, settings: PulseSettings, win
         name, base = baseline_forecasts(holdout, h)
         ok = np.isfinite(base)
         report.baseline_name = name
-        report.baseline[h] = {"wape": metrics.wape(actual[ok], base[ok]), "mae": metrics.mae(actual[ok], base[ok])}
+        report.baseline[h] = {
+            "wape": metrics.wape(actual[ok], base[ok]),
+            "mae": metrics.mae(actual[ok], base[ok]),
+        }
         report.baseline[h]["model_wape_same_rows"] = metrics.wape(actual[ok], p["p50"].to_numpy()[ok])
 
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -178,7 +181,10 @@ def decide_promotion(settings: PulseSettings) -> PromotionDecision:
     run_metrics = registry.version_run_metrics(settings, version)
     reasons, promoted = [], True
     for h in settings.horizons:
-        model, base = run_metrics.get(f"baseline_model_wape_same_rows_{h}"), run_metrics.get(f"baseline_wape_{h}")
+        model, base = (
+            run_metrics.get(f"baseline_model_wape_same_rows_{h}"),
+            run_metrics.get(f"baseline_wape_{h}"),
+        )
         if model is None or base is None:
             promoted = False
             reasons.append(f"h={h}: no baseline comparison was recorded")
@@ -187,7 +193,9 @@ def decide_promotion(settings: PulseSettings) -> PromotionDecision:
         verdict = "beats" if model < base else "does not beat"
         reasons.append(f"h={h}: WAPE {model:.4f} {verdict} baseline {base:.4f}")
     registry.tag_version(
-        settings, version, {"promotion_decision": "promoted" if promoted else "refused", "promotion_reasons": reasons}
+        settings,
+        version,
+        {"promotion_decision": "promoted" if promoted else "refused", "promotion_reasons": reasons},
     )
     if promoted:
         registry.set_alias(settings, registry.CHAMPION, version)

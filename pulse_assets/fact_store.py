@@ -1,6 +1,5 @@
 """Fast-read copy of the 15-minute facts in ClickHouse (embedded chdb by default, a server in production)."""
 
-
 import dagster as dg
 
 from pulse import fact_store, ingest

@@ -1,6 +1,5 @@
 """Features stage: export the dbt feature mart for Feast, apply the Feast repository, fill the online store."""
 
-
 from datetime import timedelta
 
 import dagster as dg
@@ -29,8 +28,6 @@ def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "rows_per_day": rows})
 
 
-
-
 @dg.asset(
     key=["feast", "registry"],
     deps=[feature_export],
@@ -54,8 +51,9 @@ def feast_registry(pulse: PulseResource) -> dg.MaterializeResult:
     backfill_policy=single_run,
 )
 def online_features(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
-    """Feast materialisation of the run's days into the online store (the newest row per cell wins)."""
+    """Feast materialisation into the online store from the run's first day to the newest exported row (the
+    newest row per cell wins, so rerunning an old day never puts stale features online)."""
     start, end = partition_window(context)
     # feature_ts is the bucket end: the day's last bucket carries the next day's midnight timestamp.
-    feature_store.materialize_window(pulse.settings(), start, end + timedelta(minutes=BUCKET_MINUTES))
-    return dg.MaterializeResult(metadata={"window_start": start.isoformat(), "window_end": end.isoformat()})
+    used_end = feature_store.materialize_window(pulse.settings(), start, end + timedelta(minutes=BUCKET_MINUTES))
+    return dg.MaterializeResult(metadata={"window_start": start.isoformat(), "window_end": used_end.isoformat()})

@@ -1,6 +1,5 @@
 """Ingest stage: landing Parquet → validated raw tables in DuckDB, rejected rows quarantined with a reason."""
 
-
 import dagster as dg
 
 from pulse import ingest

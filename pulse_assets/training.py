@@ -1,6 +1,5 @@
 """Training and promotion stages: a candidate per run's newest day, registered in MLflow, promoted if better."""
 
-
 import dagster as dg
 
 from pulse import ingest, training

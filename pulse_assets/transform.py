@@ -1,6 +1,5 @@
 """Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt as vars."""
 
-
 import json
 import os
 from collections.abc import Mapping

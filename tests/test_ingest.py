@@ -53,7 +53,10 @@ def test_every_row_is_accepted_or_quarantined_with_a_reason(settings):
         }
         rows = con.execute("SELECT request_id, hex_id, status FROM raw.ride_requests ORDER BY 1").fetchall()
         # Optional columns absent from a trip log are NULL, not invented.
-        assert rows == [("r1", h3.latlng_to_cell(LAT, LNG, 8), None), ("r2", h3.latlng_to_cell(LAT + 0.01, LNG, 8), None)]
+        assert rows == [
+            ("r1", h3.latlng_to_cell(LAT, LNG, 8), None),
+            ("r2", h3.latlng_to_cell(LAT + 0.01, LNG, 8), None),
+        ]
         quarantined = con.execute("SELECT count(*), count(record) FROM raw.quarantine").fetchone()
         assert quarantined == (7, 7)  # the original record is kept for every refused row
 
