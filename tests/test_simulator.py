@@ -42,8 +42,7 @@ EXPECTED_SCHEMAS = {
     ),
     "weather": _fields("observed_at:ts city:str temperature_c:f64 precipitation_mm:f64"),
     "events": _fields(
-        "event_id:str venue_name:str venue_lat:f64 venue_lng:f64 starts_at:ts ends_at:ts "
-        "expected_attendance:i64"
+        "event_id:str venue_name:str venue_lat:f64 venue_lng:f64 starts_at:ts ends_at:ts expected_attendance:i64"
     ),
 }
 TRUTH_SCHEMA = _fields("hex_id:str service_type:i64 bucket_start:ts expected_requests:f64")
@@ -61,9 +60,7 @@ def _read(settings: PulseSettings, table: str) -> pd.DataFrame:
 
 def _hashes(settings: PulseSettings) -> dict[str, str]:
     files = sorted(settings.landing_dir.rglob("*.parquet"))
-    return {
-        str(p.relative_to(settings.landing_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
-    }
+    return {str(p.relative_to(settings.landing_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +105,7 @@ def test_rows_belong_to_their_partition_day(wet: PulseSettings) -> None:
 
 
 def test_row_contents(wet: PulseSettings) -> None:
-    req, quotes, pings, weather = (
-        _read(wet, t) for t in ("ride_requests", "price_quotes", "driver_pings", "weather")
-    )
+    req, quotes, pings, weather = (_read(wet, t) for t in ("ride_requests", "price_quotes", "driver_pings", "weather"))
     assert req.request_id.is_unique and quotes.quote_id.is_unique
     assert set(req.status) == {"completed", "cancelled", "unfulfilled"}
     assert set(pings.status) == {"idle", "en_route", "on_trip"}
@@ -186,13 +181,7 @@ def test_requests_are_poisson_draws_of_the_truth(wet: PulseSettings, city_cells:
     # Per cell and hour, realised counts track the truth; per cell totals sit within Poisson noise.
     req["hour"], truth["hour"] = req.requested_at.dt.floor("h"), truth.bucket_start.dt.floor("h")
     keys = ["hex_id", "service_type", "hour"]
-    both = (
-        truth.groupby(keys)
-        .expected_requests.sum()
-        .to_frame()
-        .join(req.groupby(keys).size().rename("n"))
-        .fillna(0)
-    )
+    both = truth.groupby(keys).expected_requests.sum().to_frame().join(req.groupby(keys).size().rename("n")).fillna(0)
     assert np.corrcoef(both.expected_requests, both.n)[0, 1] > 0.9
     per_cell = both.groupby("hex_id").sum()
     z = (per_cell.n - per_cell.expected_requests) / np.sqrt(per_cell.expected_requests)
@@ -252,16 +241,9 @@ def test_event_exit_spikes_demand_at_the_venue(wet: PulseSettings, calm: PulseSe
         window = (ends, ends + pd.Timedelta(minutes=45))
         for name, settings in (("wet", wet), ("calm", calm)):
             req = _read(settings, "ride_requests")
-            hexes = cells_for_points(
-                req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), settings.h3_resolution
-            )
-            realised[name] += int(
-                ((hexes == cell) & req.requested_at.between(*window, inclusive="left")).sum()
-            )
-        t = {
-            k: v[(v.hex_id == cell) & v.bucket_start.between(*window, inclusive="left")]
-            for k, v in truths.items()
-        }
+            hexes = cells_for_points(req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), settings.h3_resolution)
+            realised[name] += int(((hexes == cell) & req.requested_at.between(*window, inclusive="left")).sum())
+        t = {k: v[(v.hex_id == cell) & v.bucket_start.between(*window, inclusive="left")] for k, v in truths.items()}
         excess += t["wet"].expected_requests.sum() - t["calm"].expected_requests.sum()
         # The exit spike reaches the venue's ring-2 neighbours too.
         ring2 = set(neighbours(cell, 2))
