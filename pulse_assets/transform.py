@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
+from pulse import ingest
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource, dbt_project
 
@@ -40,4 +41,22 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
         "min_cell_requests": settings.min_cell_requests,
     }
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
-    yield from dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream()
+    # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
+    events = list(dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream())
+    with ingest.connect(settings) as con:
+        for event in events:
+            if isinstance(event, dg.Output):
+                relation = context.asset_key_for_output(event.output_name).path[-1]
+                event = event.with_metadata({**event.metadata, **row_counts(con, relation, start, end)})
+            yield event
+
+
+def row_counts(con, relation: str, start, end) -> dict[str, int]:
+    """Rows of a dbt relation, and of the run's window where the relation has buckets."""
+    counts = {"dagster/row_count": con.execute(f"SELECT count(*) FROM main.{relation}").fetchone()[0]}
+    columns = {r[0] for r in con.execute(f"DESCRIBE main.{relation}").fetchall()}
+    if "bucket_start" in columns:
+        counts["window_row_count"] = con.execute(
+            f"SELECT count(*) FROM main.{relation} WHERE bucket_start >= ? AND bucket_start < ?", [start, end]
+        ).fetchone()[0]
+    return counts
