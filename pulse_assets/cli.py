@@ -131,6 +131,13 @@ def up(
     """Start the Dagster UI and the forecast API, print their URLs and a sample curl; Ctrl-C stops both."""
     settings = _settings()
     cell = _sample_cell(settings)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C in a terminal, or SIGINT/SIGTERM from a supervisor (background jobs inherit SIGINT ignored).
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     bin_dir = Path(sys.executable).parent
     procs = [
         subprocess.Popen(
