@@ -64,5 +64,5 @@ def raw_cell_neighbours(context: dg.AssetExecutionContext, pulse: PulseResource)
     """Ring-1 and ring-2 H3 neighbours of every cell that has seen a request (feeds k-ring features)."""
     with ingest.connect(pulse.settings()) as con:
         added = ingest.refresh_cell_neighbours(con)
-        total = con.execute("SELECT count(DISTINCT hex_id) FROM raw.cell_neighbours").fetchone()[0]
-    return dg.MaterializeResult(metadata={"cells_added": added, "cells": total, "dagster/row_count": total})
+        cells, pairs = con.execute("SELECT count(DISTINCT hex_id), count(*) FROM raw.cell_neighbours").fetchone()
+    return dg.MaterializeResult(metadata={"cells_added": added, "cells": cells, "dagster/row_count": pairs})
