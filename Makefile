@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
 UV := python3 -m uv
 VENV := .venv/.synced
 
-.PHONY: install demo test lint format clean
+.PHONY: install system-deps demo test lint format clean services services-stop
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -14,6 +14,17 @@ $(VENV): pyproject.toml uv.lock
 	touch $@
 
 install: $(VENV)
+
+# Debian packages the tests and the production profile need (CI runs as root; apt-get update runs once).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+# Redis, PostgreSQL and an MLflow tracking server on loopback under $(PULSE_HOME)/services.
+services: install system-deps
+	$(UV) run --frozen python -m ops.services start
+
+services-stop:
+	$(UV) run --frozen python -m ops.services stop
 
 demo: install
 	$(UV) run --frozen pulse simulate --if-missing
@@ -28,7 +39,7 @@ format: install
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
-test: install lint
+test: install system-deps lint
 	$(UV) run --frozen pytest -q
 
 clean:

@@ -7,6 +7,8 @@ filter on (service type, cell, bucket); a day is replaced by dropping its partit
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 
 import clickhouse_connect
@@ -41,8 +43,15 @@ TABLES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def connect(settings: PulseSettings):
-    return clickhouse_connect.get_client(dsn=settings.fact_store_dsn)
+@contextmanager
+def connect(settings: PulseSettings) -> Iterator:
+    """A clickhouse-connect client, closed on exit: the embedded engine serves one data path per process at a
+    time, and only a closed client lets another city's path open in the same process."""
+    client = clickhouse_connect.get_client(dsn=settings.fact_store_dsn)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def ensure_tables(client) -> None:

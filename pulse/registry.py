@@ -44,8 +44,10 @@ def experiment_id(settings: PulseSettings) -> str:
     exp = c.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
-    # Artifacts live under PULSE_HOME, not in an ./mlruns of whatever the working directory is.
-    return c.create_experiment(EXPERIMENT, artifact_location=Path(settings.artifact_root).as_uri())
+    # Locally, artifacts live under PULSE_HOME, not in an ./mlruns of whatever the working directory is;
+    # a tracking server stores them where it was told to (--artifacts-destination).
+    location = None if settings.mlflow_tracking_uri else Path(settings.artifact_root).as_uri()
+    return c.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 def log_forecaster(forecaster: DemandForecaster, run_id: str) -> str:

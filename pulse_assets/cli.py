@@ -27,6 +27,20 @@ telemetry:
   enabled: false
 """
 
+# Production profile: runs, events and schedules in PostgreSQL; credentials only from the environment.
+DAGSTER_YAML_PRODUCTION = """\
+telemetry:
+  enabled: false
+storage:
+  postgres:
+    postgres_db:
+      hostname: {env: PULSE_PG_HOST}
+      port: {env: PULSE_PG_PORT}
+      username: {env: PULSE_PG_USER}
+      password: {env: PULSE_PG_PASSWORD}
+      db_name: {env: PULSE_PG_DAGSTER_DB}
+"""
+
 
 def _settings() -> PulseSettings:
     settings = PulseSettings()
@@ -34,8 +48,9 @@ def _settings() -> PulseSettings:
     os.environ["PULSE_HOME"] = str(settings.home)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
-    if not dagster_yaml.exists():
-        dagster_yaml.write_text(DAGSTER_YAML)
+    wanted = DAGSTER_YAML_PRODUCTION if settings.profile == "production" else DAGSTER_YAML
+    if not dagster_yaml.exists() or dagster_yaml.read_text() != wanted:
+        dagster_yaml.write_text(wanted)
     return settings
 
 

@@ -19,10 +19,9 @@ def clickhouse_facts(context: dg.AssetExecutionContext, pulse: PulseResource) ->
     """`fct_demand_15min` and `fct_supply_15min` copied to ClickHouse MergeTree tables, one day partition at a
     time (drop partition, insert), for dashboards and fast reads."""
     settings = pulse.settings()
-    client = fact_store.connect(settings)
-    fact_store.ensure_tables(client)
     rows = {table: 0 for table in fact_store.TABLES}
-    with ingest.connect(settings) as con:
+    with fact_store.connect(settings) as client, ingest.connect(settings) as con:
+        fact_store.ensure_tables(client)
         for day in partition_days(context):
             for table in fact_store.TABLES:
                 rows[table] += fact_store.publish_day(client, con, table, day)

@@ -47,10 +47,10 @@ def test_pipeline_materialises_every_asset_with_row_counts(city):
     meta = ride.asset_materialization.metadata
     assert meta["rows_read"].value == meta["rows_accepted"].value + meta["rows_quarantined"].value > 10_000
 
-    import clickhouse_connect
+    from pulse import fact_store
 
-    ch = clickhouse_connect.get_client(dsn=settings.fact_store_dsn)
-    assert ch.query("SELECT count() FROM fct_demand_15min").result_rows[0][0] == grid
+    with fact_store.connect(settings) as ch:
+        assert ch.query("SELECT count() FROM fct_demand_15min").result_rows[0][0] == grid
 
 
 def test_rematerialising_a_partition_changes_no_fact_rows(city):
