@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from pulse.h3cells import cells_for_points, neighbours
 from pulse.settings import PulseSettings
@@ -219,8 +220,12 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
     ensure_raw_schema(con)
     path = landing_file(settings, table, day)
     if path.exists():
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _landing AS SELECT * FROM read_parquet('{path}')")
-        present = {r[0] for r in con.execute("DESCRIBE _landing").fetchall()}
+        # _row is the row's position in the file: it joins results back and locates a refused record.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _landing AS "
+            f"SELECT row_number() OVER () AS _row, * FROM read_parquet('{path}')"
+        )
+        present = {r[0] for r in con.execute("DESCRIBE _landing").fetchall()} - {"_row"}
         missing = sorted(set(c.required) - present)
         if missing:
             raise MissingColumnsError(f"{path} lacks required column(s) {missing} of the {table} contract")
@@ -229,45 +234,49 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         select = ", ".join(
             (_try_cast(n, t) if n in present else f"CAST(NULL AS {t}) AS {n}") for n, t in c.columns.items()
         )
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _typed AS "
-            f"SELECT {select}, row_number() OVER () AS _row, to_json(_landing) AS _record FROM _landing"
-        )
     else:
-        cols = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in c.columns.items())
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _typed AS SELECT {cols}, 0 AS _row, NULL::JSON AS _record LIMIT 0")
-
+        con.execute("CREATE OR REPLACE TEMP TABLE _landing AS SELECT 0::BIGINT AS _row LIMIT 0")
+        select = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in c.columns.items())
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _checked AS SELECT *, {_reason_sql(c, settings, day)} AS _reason FROM _typed"
+        f"CREATE OR REPLACE TEMP TABLE _checked AS "
+        f"SELECT *, {_reason_sql(c, settings, day)} AS _reason FROM (SELECT _row, {select} FROM _landing)"
     )
-    names = list(c.columns)
-    accepted = con.execute(f"SELECT {', '.join(names)} FROM _checked WHERE _reason IS NULL ORDER BY _row").df()
+
+    names = ", ".join(c.columns)
+    hex_col, hex_join = "", ""
     if c.lat_col:
-        accepted["hex_id"] = cells_for_points(
-            accepted[c.lat_col].to_numpy(np.float64),
-            accepted[c.lng_col].to_numpy(np.float64),
-            settings.h3_resolution,
-        )
-    accepted["event_date"] = day
+        # H3 in Python over numpy arrays of the accepted rows only; joined back on _row.
+        points = con.execute(f"SELECT _row, {c.lat_col}, {c.lng_col} FROM _checked WHERE _reason IS NULL").fetchnumpy()
+        lat, lng = (np.asarray(points[col], dtype=np.float64) for col in (c.lat_col, c.lng_col))
+        _hexes = pa.table({"_row": points["_row"], "hex_id": cells_for_points(lat, lng, settings.h3_resolution)})
+        con.register("_hexes", _hexes)
+        hex_col, hex_join = ", h.hex_id", "JOIN _hexes h USING (_row)"
 
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
-        con.execute(f"INSERT INTO raw.{table} BY NAME SELECT * FROM accepted")
+        accepted = con.execute(
+            f"INSERT INTO raw.{table} BY NAME SELECT {names}{hex_col}, DATE '{day}' AS event_date "
+            f"FROM _checked {hex_join} WHERE _reason IS NULL ORDER BY _row"
+        ).fetchone()[0]
         con.execute("DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ?", [table, day])
         con.execute(
-            "INSERT INTO raw.quarantine SELECT ?, ?, _reason, _record FROM _checked WHERE _reason IS NOT NULL",
+            "INSERT INTO raw.quarantine SELECT ?, ?, q._reason, to_json(l) "
+            "FROM _checked q JOIN _landing l USING (_row) WHERE q._reason IS NOT NULL",
             [table, day],
         )
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+    finally:
+        if c.lat_col:
+            con.unregister("_hexes")
     read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
     reasons = dict(
         con.execute("SELECT _reason, count(*) FROM _checked WHERE _reason IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
     )
-    return IngestResult(table, day, read, len(accepted), sum(reasons.values()), reasons)
+    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons)
 
 
 def refresh_cell_neighbours(con: duckdb.DuckDBPyConnection, max_ring: int = 2) -> int:
