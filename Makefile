@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
 UV := python3 -m uv
 VENV := .venv/.synced
 
-.PHONY: install system-deps demo test lint format clean services services-stop
+.PHONY: install system-deps browser demo test lint format clean services services-stop bench-serving bench-forecast
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -18,6 +18,12 @@ install: $(VENV)
 # Debian packages the tests and the production profile need (CI runs as root; apt-get update runs once).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+# Headless Chromium and its driver for the live map test (tests/test_map.py); Debian's packages, nothing fetched
+# by a test tool.
+browser:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 # Redis, PostgreSQL and an MLflow tracking server on loopback under $(PULSE_HOME)/services.
 services: install system-deps
@@ -39,8 +45,17 @@ format: install
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
-test: install system-deps lint
+test: install system-deps browser lint
 	$(UV) run --frozen pytest -q
+
+# The serving benchmark (README "Serving"): needs the demo city, builds it when missing.
+bench-serving: install
+	$(UV) run --frozen python -m bench.serving_bench
+
+# The forecast-quality benchmark (README "Forecast quality"): backtests the last 7 days of the default simulated
+# city (built under bench/results/tmp/default when missing) and checks the goals at 60 minutes.
+bench-forecast: install
+	$(UV) run --frozen python -m bench.forecast_quality --write-readme
 
 clean:
 	rm -rf $(PULSE_HOME) dbt_project/target

@@ -7,18 +7,22 @@ engines and real servers; the code asks settings for URIs and never branches on 
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUCKET_MINUTES = 15
 MODEL_NAME = "pulse-demand-forecast"
 FEATURE_SERVICE = "demand_forecast_v1"
+# A city's own settings (written by `pulse import-trips`) in PULSE_HOME, read under the environment.
+CITY_FILE = "city.env"
 
 
 class PulseSettings(BaseSettings):
@@ -49,10 +53,51 @@ class PulseSettings(BaseSettings):
     max_training_rows: int = 400_000
     seed: int = 7
 
+    # Forecast quality (README "Forecast quality"): the city's clock, active cells, intervals.
+    timezone: str = Field(default="America/New_York", description="The city's clock; weekly lookbacks follow it.")
+    min_cell_daily_requests: float = Field(
+        default=10.0, ge=0, description="Active (modelled, served) cell: mean requests a day over the training window."
+    )
+    calibration_days: float = Field(default=2.0, gt=0, description="End of the training window that fits intervals.")
+
+    # Quality gates (expectations/) and drift (pulse/drift.py); see README "Quality gates and automation".
+    max_quarantine_share: float = Field(default=0.01, description="Per table and day, above it the day is blocked.")
+    null_rate_slack: float = Field(default=0.1, description="Allowed rise of a column's null share vs trailing days.")
+    day_total_min_ratio: float = Field(default=0.4, description="Day's requests vs the trailing-weeks reference.")
+    day_total_max_ratio: float = 2.5
+    drift_psi_moderate: float = 0.1
+    drift_psi_severe: float = 0.25
+    drift_ks_moderate: float = 0.1
+    drift_ks_severe: float = 0.2
+    drift_null_rise_severe: float = Field(default=0.2, description="Rise of a feature's null share that is severe.")
+    drift_min_rows: int = Field(default=500, description="Fewer rows in a day: PSI/KS are reported, not judged.")
+    drift_severe_min_features: int = Field(default=3, description="Severely drifted features for severe input drift.")
+    drift_wape_ratio_moderate: float = Field(default=1.5, description="Realised WAPE / backtest WAPE.")
+    drift_wape_ratio_severe: float = 2.5
+    drift_volume_ratio_severe: float = Field(default=1.5, description="Actual / forecast demand outside [1/x, x].")
+    # Promotion and automation
+    promotion_wape_tolerance: float = Field(default=0.02, description="Challenger WAPE ≤ champion WAPE × (1 + this).")
+    retrain_cooldown_minutes: float = Field(default=10.0, ge=0, description="Minimum gap between sensor retrains.")
+    landing_settle_seconds: float = Field(default=30.0, ge=0, description="A landing day must be this old to load.")
+
     # Production profile servers; secrets come from the environment, never from files.
     clickhouse_dsn: str | None = None
     mlflow_tracking_uri: str | None = None
     redis_url: str | None = None
+
+    # Serving (README "Serving"). API keys are secrets: comma-separated, never logged or shown.
+    api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated keys for /v1; empty = open.")
+    surge_elasticity: float = Field(default=2.0, gt=0, description="surge = 1 + min(2.5, demand / (supply × this))")
+    driver_speed_kmh: float = Field(default=20.0, gt=0, description="Empty-driving speed for repositioning ETAs.")
+    reposition_max_k: int = Field(default=3, ge=1, le=10, description="Repositioning targets: cells within k steps.")
+    reposition_cost_per_min: float = Field(default=0.02, ge=0, description="Rides lost per minute driving empty.")
+    max_feature_age_minutes: int = Field(default=60, ge=0, description="Older than the store's newest: degraded.")
+    max_store_lag_minutes: int | None = Field(default=None, ge=0, description="Wall-clock check; None = off.")
+    feature_refresh_seconds: float = Field(default=15.0, gt=0, description="How often the online store is re-read.")
+    store_grace_seconds: float = Field(default=30.0, ge=0, description="Store down this long: climatology.")
+    model_poll_seconds: float = Field(default=10.0, gt=0, le=30, description="How often alias champion is checked.")
+    registry_timeout_seconds: int = Field(default=5, ge=1, description="MLflow HTTP timeout while serving.")
+    batch_limit: int = Field(default=5000, ge=1, description="Most cells in one /v1/forecast/batch call (413 above).")
 
     @field_validator("service_types", "horizons", mode="before")
     @classmethod
@@ -73,6 +118,21 @@ class PulseSettings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        ZoneInfo(v)  # raises on an unknown name
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # Arguments, then PULSE_* environment variables, then the city file of the home those name.
+        home = init_settings.init_kwargs.get("home") or os.environ.get("PULSE_HOME") or ".pulse"
+        city = DotEnvSettingsSource(settings_cls, env_file=Path(home).expanduser() / CITY_FILE)
+        return init_settings, env_settings, city, file_secret_settings
 
     # Paths, all derived from home -------------------------------------------------------------------
     @cached_property

@@ -1,9 +1,23 @@
 """Train a candidate on a trailing window of point-in-time features and register it in MLflow.
 
-The training rows are (cell, service type, origin) triples. Their features come from the Feast feature
-service (point-in-time: the newest row with feature_ts ≤ origin); their targets are the realised demand of
-the bucket each horizon aims at, read from ``fct_demand_15min``. The final stretch of the window is held
-out: the candidate and the seasonal-naive baseline are scored on the same held-out rows.
+The training rows are (active cell, service type, origin) triples. Their features come from the Feast
+feature service only (point-in-time: the newest row with feature_ts ≤ origin); their targets are the
+realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
+
+The window [start, end) is cut in three, in time order:
+
+* fit:         origins whose every target lies before the calibration start: the boosters learn here;
+* calibration: the next ``calibration_days``: the dispersion of the predictive distribution is fitted here;
+* holdout:     the last ``holdout_days``: a backtest (``pulse.backtest``) of the finished model and of the
+  baselines on every active cell and origin, the figures promotion compares.
+
+Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
+are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
+
+Active cells: a cell is modelled (and served) when it averaged at least ``min_cell_daily_requests``
+requests a day over the window before the holdout. Training rows are then sampled with a probability
+rising with their series' demand level (every row of a busy series, a fraction of the quiet ones) and
+weighted by the inverse of that probability, so quiet rows neither drown the busy ones nor bias the mean.
 """
 
 from __future__ import annotations
@@ -16,13 +30,17 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import metrics, registry
+from pulse import drift, registry
 from pulse.feature_store import historical_features
 from pulse.features import FEATURE_NAMES
-from pulse.model import DemandForecaster, target_bucket
+from pulse.model import WEIGHT_COLUMN, DemandForecaster, target_bucket
 from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE, PulseSettings
 
 BUCKET = timedelta(minutes=BUCKET_MINUTES)
+DAY = timedelta(days=1)
+# Level-weighted sampling: a row's chance is proportional to (its series' mean requests per bucket + this).
+SAMPLING_FLOOR = 0.5
+MAX_CALIBRATION_ROWS = 150_000
 
 
 @dataclass
@@ -37,9 +55,26 @@ class TrainingReport:
     holdout: dict[int, dict[str, float]] = field(default_factory=dict)  # horizon -> metric -> value
     baseline: dict[int, dict[str, float]] = field(default_factory=dict)
     baseline_name: str = "seasonal_naive"
+    calibration_start: datetime | None = None
+    cells: int = 0
+    cells_seen: int = 0
+    demand_share: float = float("nan")  # share of the window's requests in the active cells
+    backtest: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)  # forecaster -> h -> metrics
 
     def wape(self, h: int) -> float:
         return self.holdout[h]["wape"]
+
+
+@dataclass
+class FitResult:
+    forecaster: DemandForecaster
+    start: datetime
+    calibration_start: datetime
+    end: datetime
+    train: pd.DataFrame  # fit rows: features, targets, sample_weight
+    calibration: pd.DataFrame
+    cells_seen: int
+    demand_share: float
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -51,8 +86,37 @@ def origins(start: datetime, end: datetime) -> pd.DatetimeIndex:
     return pd.date_range(start + BUCKET, end, freq=BUCKET, tz="UTC")
 
 
-def entity_rows(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ts: pd.DatetimeIndex) -> pd.DataFrame:
-    cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
+def _naive(ts: datetime) -> datetime:
+    return pd.Timestamp(ts).tz_convert("UTC").tz_localize(None).to_pydatetime() if ts.tzinfo else ts
+
+
+def active_cells(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: datetime, end: datetime
+) -> tuple[list[str], int, float]:
+    """(active cells, cells with any request, share of requests in active cells) over [start, end).
+
+    A cell is active when its requests over the window, all service types, average at least
+    ``min_cell_daily_requests`` a day."""
+    start, end = _naive(start), _naive(end)
+    days = max((end - start) / DAY, BUCKET / DAY)
+    per_cell = con.execute(
+        """SELECT f.hex_id, sum(f.requests) AS n FROM main.fct_demand_15min f
+           WHERE f.hex_id IN (SELECT hex_id FROM main.dim_cells) AND f.bucket_start >= ? AND f.bucket_start < ?
+           GROUP BY 1 HAVING sum(f.requests) > 0 ORDER BY 1""",
+        [start, end],
+    ).df()
+    keep = per_cell["n"] >= settings.min_cell_daily_requests * days
+    total = float(per_cell["n"].sum())
+    share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
+    return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
+
+
+def entity_rows(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, ts: pd.DatetimeIndex, cells: list[str] | None = None
+) -> pd.DataFrame:
+    """Every (cell, service type, origin): ``cells`` or, by default, every cell of dim_cells."""
+    if cells is None:
+        cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
     grid = pd.MultiIndex.from_product(
         [cells, list(settings.service_types), ts], names=["hex_id", "service_type", "event_timestamp"]
     )
@@ -80,60 +144,125 @@ def attach_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, horizons:
     return out
 
 
-def baseline_forecasts(features: pd.DataFrame, h: int) -> tuple[str, np.ndarray]:
-    """Seasonal naive (same bucket last week); last value where the city has less than a week of history."""
-    last_week = features[f"requests_last_week_ahead_{target_bucket(h)}"].to_numpy(float)
-    if np.isfinite(last_week).mean() >= 0.5:
-        return "seasonal_naive", last_week
-    return "last_value", features["requests"].to_numpy(float)
+def series_levels(
+    con: duckdb.DuckDBPyConnection, cells: list[str], start: datetime, end: datetime
+) -> dict[tuple[str, int], float]:
+    """Mean requests per bucket of every (cell, service type) over [start, end)."""
+    frame = con.execute(
+        """SELECT hex_id, service_type, avg(requests) AS level FROM main.fct_demand_15min
+           WHERE bucket_start >= ? AND bucket_start < ? GROUP BY 1, 2""",
+        [_naive(start), _naive(end)],
+    ).df()
+    frame = frame[frame["hex_id"].isin(set(cells))]
+    return {(h, int(s)): float(v) for h, s, v in frame.itertuples(index=False)}
 
 
-def train_candidate(con: duckdb.DuckDBPyConnection, settings: PulseSettings, window_end: datetime) -> TrainingReport:
-    """Train on [window_end − train_days, window_end), log to MLflow, register a version, tag it challenger."""
+def sample_rows(rows: pd.DataFrame, levels: dict[tuple[str, int], float], n: int, seed: int) -> pd.DataFrame:
+    """About ``n`` of ``rows``, each kept with probability ∝ (series level + SAMPLING_FLOOR), capped at 1,
+    and weighted by 1 / probability (``sample_weight``)."""
+    if len(rows) <= n:
+        return rows.assign(**{WEIGHT_COLUMN: 1.0})
+    keys = pd.MultiIndex.from_arrays([rows["hex_id"], rows["service_type"]])
+    level = np.nan_to_num(np.array([levels.get(k, 0.0) for k in keys], dtype=float))
+    score = level + SAMPLING_FLOOR
+    c = n / score.sum()
+    for _ in range(30):  # scale so the expected sample size is n once the cap at 1 bites
+        p = np.minimum(1.0, c * score)
+        c *= n / p.sum()
+    p = np.minimum(1.0, c * score)
+    keep = np.random.default_rng(seed).random(len(rows)) < p
+    return rows[keep].assign(**{WEIGHT_COLUMN: 1.0 / p[keep]}).reset_index(drop=True)
+
+
+def fit_forecaster(
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    start: datetime,
+    end: datetime,
+    num_rounds: int | None = None,
+) -> FitResult:
+    """Train a forecaster on data in [start, end) only: active cells and levels from that window, boosters on
+    origins whose targets end before the calibration start, dispersion on the calibration stretch after."""
+    horizons = list(settings.horizons)
+    span = end - start
+    if span < DAY:
+        raise ValueError(f"only {span} of data in {start}..{end}: need at least one day to train")
+    calibration_start = end - min(timedelta(days=settings.calibration_days), span / 4)
+    cells, seen, share = active_cells(con, settings, start, end)
+    if not cells:
+        raise ValueError(
+            f"no active cell in {start}..{end}: no cell averaged {settings.min_cell_daily_requests} requests a day "
+            f"(PULSE_MIN_CELL_DAILY_REQUESTS)"
+        )
+    last_h = timedelta(minutes=max(horizons))
+    fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
+    calib_rows = entity_rows(con, settings, origins(calibration_start - BUCKET, end - last_h), cells)
+    fit_rows = sample_rows(
+        fit_rows, series_levels(con, cells, start, calibration_start), settings.max_training_rows, settings.seed
+    )
+    if len(calib_rows) > MAX_CALIBRATION_ROWS:
+        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.seed)
+    calib_rows = calib_rows.assign(**{WEIGHT_COLUMN: 1.0})
+    # One point-in-time retrieval for both parts: Feast's fixed cost is paid once.
+    frame = historical_features(settings, pd.concat([fit_rows, calib_rows], ignore_index=True))
+    frame = attach_targets(con, frame, horizons)
+    is_calib = frame["event_timestamp"] >= pd.Timestamp(calibration_start).tz_localize("UTC")
+    train, calibration = frame[~is_calib].reset_index(drop=True), frame[is_calib].reset_index(drop=True)
+    if train.empty or calibration.empty:
+        raise ValueError(f"window {start}..{end} leaves no training or no calibration rows")
+    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.service_types))
+    if num_rounds is not None:
+        forecaster.num_rounds = num_rounds
+    forecaster.fit(train, calibration, seed=settings.seed)
+    return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share)
+
+
+def _reference_frame(fit: FitResult, seed: int) -> pd.DataFrame:
+    """The training rows as the population saw them: the level-weighted sample resampled by its weights."""
+    train = fit.train
+    if train[WEIGHT_COLUMN].nunique() > 1:
+        train = train.sample(n=len(train), weights=WEIGHT_COLUMN, replace=True, random_state=seed)
+    return pd.concat([train, fit.calibration], ignore_index=True).drop(columns=[WEIGHT_COLUMN])
+
+
+def train_candidate(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, window_end: datetime, num_rounds: int | None = None
+) -> TrainingReport:
+    """Train on [window_end − train_days, holdout start), backtest on the holdout, log to MLflow, register a
+    version and tag it challenger."""
+    from pulse import backtest  # backtest builds on this module
+
     horizons = list(settings.horizons)
     first_day = datetime.combine(settings.start_date, datetime.min.time())
     end = min(window_end, data_end(con))
     start = max(end - timedelta(days=settings.train_days), first_day)
     span = end - start
-    if span < timedelta(days=1):
+    if span < DAY:
         raise ValueError(f"only {span} of data before {window_end}: need at least one day to train")
     holdout_start = end - min(timedelta(days=settings.holdout_days), span / 3)
-    ts = origins(start, end - timedelta(minutes=max(horizons)))  # every row has all its targets observed
-    rows = entity_rows(con, settings, ts)
+    fit = fit_forecaster(con, settings, start, holdout_start, num_rounds=num_rounds)
+    forecaster = fit.forecaster
+    result = backtest.forecast_window(con, settings, forecaster, holdout_start, end)
+    holdout = result.features
+    scores = backtest.score(result.frames, result.actuals)
+    if holdout.empty:
+        raise ValueError(f"window {start}..{end} leaves no holdout rows")
 
-    rng = np.random.default_rng(settings.seed)
-    is_holdout = rows["event_timestamp"] > pd.Timestamp(holdout_start).tz_localize("UTC")
-    train_idx = np.flatnonzero(~is_holdout)
-    if len(train_idx) > settings.max_training_rows:
-        train_idx = np.sort(rng.choice(train_idx, settings.max_training_rows, replace=False))
-    rows = pd.concat([rows.iloc[train_idx], rows[is_holdout]], ignore_index=True)
-
-    frame = historical_features(settings, rows)
-    frame = attach_targets(con, frame, horizons)
-    is_holdout = frame["event_timestamp"] > pd.Timestamp(holdout_start).tz_localize("UTC")
-    train, holdout = frame[~is_holdout], frame[is_holdout]
-    if train.empty or holdout.empty:
-        raise ValueError(f"window {start}..{end} leaves no training or no holdout rows")
-
-    forecaster = DemandForecaster(
-        horizons=horizons,
-        cells=sorted(rows["hex_id"].unique()),
-        service_types=list(settings.service_types),
-    ).fit(train, holdout, seed=settings.seed)
-    preds = forecaster.predict(holdout)
-    report = TrainingReport("", "", start, end, holdout_start, len(train), len(holdout))
+    report = TrainingReport(
+        "", "", start, end, holdout_start, len(fit.train), len(holdout), calibration_start=fit.calibration_start
+    )
+    report.cells, report.cells_seen, report.demand_share = len(forecaster.cells), fit.cells_seen, fit.demand_share
+    report.backtest = backtest.scores_by_forecaster(scores)
+    report.baseline_name = backtest.reference_baseline(scores)
     for h in horizons:
-        p = preds[preds["horizon_min"] == h]
-        actual = holdout[f"target_{h}"].to_numpy(float)
-        report.holdout[h] = metrics.summary(actual, p["p50"], p["p10"], p["p90"])
-        name, base = baseline_forecasts(holdout, h)
-        ok = np.isfinite(base)
-        report.baseline_name = name
+        report.holdout[h] = dict(report.backtest["model"][h])
+        report.holdout[h]["pit_coverage_p10_p90"] = result.pit_coverage.get(h, float("nan"))
+        base = report.backtest.get(report.baseline_name, {}).get(h, {})
         report.baseline[h] = {
-            "wape": metrics.wape(actual[ok], base[ok]),
-            "mae": metrics.mae(actual[ok], base[ok]),
+            "wape": base.get("wape", float("nan")),
+            "mae": base.get("mae", float("nan")),
+            "model_wape_same_rows": report.holdout[h]["wape"],
         }
-        report.baseline[h]["model_wape_same_rows"] = metrics.wape(actual[ok], p["p50"].to_numpy()[ok])
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     with mlflow.start_run(experiment_id=registry.experiment_id(settings), run_name=f"train-{end:%Y-%m-%d}") as run:
@@ -145,58 +274,34 @@ def train_candidate(con: duckdb.DuckDBPyConnection, settings: PulseSettings, win
                 "feature_service": FEATURE_SERVICE,
                 "window_start": start.isoformat(),
                 "window_end": end.isoformat(),
+                "calibration_start": fit.calibration_start.isoformat(),
                 "holdout_start": holdout_start.isoformat(),
-                "train_rows": len(train),
+                "train_rows": len(fit.train),
+                "calibration_rows": len(fit.calibration),
                 "holdout_rows": len(holdout),
                 "h3_resolution": settings.h3_resolution,
+                "timezone": settings.timezone,
+                "active_cells": len(forecaster.cells),
+                "cells_with_requests": fit.cells_seen,
+                "min_cell_daily_requests": settings.min_cell_daily_requests,
                 "baseline": report.baseline_name,
             }
         )
+        mlflow.log_metric("active_cell_demand_share", fit.demand_share if np.isfinite(fit.demand_share) else 0.0)
         for h in horizons:
             mlflow.log_metrics({f"holdout_{m}_{h}": v for m, v in report.holdout[h].items() if np.isfinite(v)})
             mlflow.log_metrics({f"baseline_{m}_{h}": v for m, v in report.baseline[h].items() if np.isfinite(v)})
             mlflow.log_metric(f"nb_dispersion_{h}", forecaster.dispersion[h])
+            for name, per_h in report.backtest.items():
+                if name != "model":
+                    mlflow.log_metrics(
+                        {f"holdout_{name}_{m}_{h}": v for m, v in per_h.get(h, {}).items() if np.isfinite(v)}
+                    )
         mlflow.log_dict({"features": forecaster.feature_names, "source_features": FEATURE_NAMES}, "features.json")
+        # drift reference + samples for quality gates
+        drift.log_reference(_reference_frame(fit, settings.seed), holdout, seed=settings.seed)
         mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city})
         report.run_id = run.info.run_id
         report.version = registry.log_forecaster(forecaster, run.info.run_id)
     registry.set_alias(settings, registry.CHALLENGER, report.version)
     return report
-
-
-@dataclass
-class PromotionDecision:
-    version: str
-    promoted: bool
-    champion: str | None
-    reasons: list[str]
-
-
-def decide_promotion(settings: PulseSettings) -> PromotionDecision:
-    """This issue's gate: the challenger becomes champion when it beats the baseline at every horizon, on
-    the same held-out rows (metrics read back from its MLflow run). The decision is tagged on the version."""
-    version = registry.alias_version(settings, registry.CHALLENGER)
-    if version is None:
-        raise ValueError("no challenger version to decide on")
-    run_metrics = registry.version_run_metrics(settings, version)
-    reasons, promoted = [], True
-    for h in settings.horizons:
-        model, base = (
-            run_metrics.get(f"baseline_model_wape_same_rows_{h}"),
-            run_metrics.get(f"baseline_wape_{h}"),
-        )
-        if model is None or base is None:
-            promoted = False
-            reasons.append(f"h={h}: no baseline comparison was recorded")
-            continue
-        promoted &= model < base
-        verdict = "beats" if model < base else "does not beat"
-        reasons.append(f"h={h}: WAPE {model:.4f} {verdict} baseline {base:.4f}")
-    registry.tag_version(
-        settings,
-        version,
-        {"promotion_decision": "promoted" if promoted else "refused", "promotion_reasons": reasons},
-    )
-    if promoted:
-        registry.set_alias(settings, registry.CHAMPION, version)
-    return PromotionDecision(version, promoted, registry.alias_version(settings, registry.CHAMPION), reasons)

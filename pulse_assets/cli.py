@@ -6,12 +6,13 @@ of Dagster and FastAPI.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -21,14 +22,28 @@ from pulse.settings import PROJECT_ROOT, PulseSettings
 
 app = typer.Typer(no_args_is_help=True, help="Pulse: ride-hailing demand forecasts per H3 cell.")
 
-DAGSTER_YAML = """\
+# One run at a time writes the DuckDB warehouse: every Pulse job carries the tag pulse/warehouse (sensors' runs
+# queue behind it instead of failing on DuckDB's file lock).
+RUN_CONCURRENCY_YAML = """\
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: pulse/warehouse
+        limit: 1
+"""
+
+DAGSTER_YAML = (
+    """\
 # Local profile: SQLite run/event storage under PULSE_HOME/dagster (the default when no storage is set).
 telemetry:
   enabled: false
 """
+    + RUN_CONCURRENCY_YAML
+)
 
 # Production profile: runs, events and schedules in PostgreSQL; credentials only from the environment.
-DAGSTER_YAML_PRODUCTION = """\
+DAGSTER_YAML_PRODUCTION = (
+    """\
 telemetry:
   enabled: false
 storage:
@@ -40,6 +55,8 @@ storage:
       password: {env: PULSE_PG_PASSWORD}
       db_name: {env: PULSE_PG_DAGSTER_DB}
 """
+    + RUN_CONCURRENCY_YAML
+)
 
 
 def _settings() -> PulseSettings:
@@ -181,6 +198,175 @@ def up(
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _instant(text: str, end: bool = False) -> datetime:
+    """A day (YYYY-MM-DD: its start, or with ``end`` the start of the next day) or an ISO time, naive UTC."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return datetime.combine(day + timedelta(days=1 if end else 0), datetime.min.time())
+        ts = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise typer.BadParameter(f"'{text}' is neither a day (YYYY-MM-DD) nor an ISO time") from err
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+@app.command("import-trips")
+def import_trips(
+    files: Annotated[list[Path], typer.Argument(help="CSV or Parquet trip logs.")],
+    ts_col: Annotated[str, typer.Option(help="Column with the pickup time.")],
+    lat_col: Annotated[str, typer.Option(help="Column with the pickup latitude.")],
+    lng_col: Annotated[str, typer.Option(help="Column with the pickup longitude.")],
+    service_type_col: Annotated[str | None, typer.Option(help="Column with an integer service type.")] = None,
+    service_type: Annotated[int | None, typer.Option(help="One service type for every trip (default 1).")] = None,
+    ts_format: Annotated[str | None, typer.Option(help="strptime format of the time; default ISO 8601.")] = None,
+    timezone: Annotated[str, typer.Option(help="Zone of times without an offset; the city's clock.")] = "UTC",
+    h3_res: Annotated[int | None, typer.Option(help="H3 resolution of the city's cells (default 8).")] = None,
+    city: Annotated[str | None, typer.Option(help="The city's name.")] = None,
+) -> None:
+    """Import trip logs (pickup time and point) as ride_requests day partitions of the landing zone."""
+    from pulse.trips import import_trips as run_import
+
+    settings = _settings()
+    if service_type_col and service_type is not None:
+        raise typer.BadParameter("give --service-type-col or --service-type, not both")
+    try:
+        report = run_import(
+            settings,
+            files,
+            ts_col=ts_col,
+            lat_col=lat_col,
+            lng_col=lng_col,
+            service_type_col=service_type_col,
+            service_type=1 if service_type is None and not service_type_col else service_type,
+            ts_format=ts_format,
+            timezone=timezone,
+            h3_res=h3_res,
+            city=city,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"import refused: {err}", err=True)
+        raise typer.Exit(1) from err
+    for line in report.lines():
+        typer.echo(line)
+    if report.days:
+        typer.echo(f"next: pulse materialize --start {report.days[0]} --end {report.days[-1]}")
+
+
+@app.command()
+def backtest(
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD) or time of the backtest; trains before it.")],
+    end: Annotated[str, typer.Option(help="Last day, inclusive (or an exclusive ISO time).")],
+    out: Annotated[Path, typer.Option(help="Model forecasts (Parquet); baselines are written beside it.")],
+    train_days: Annotated[int | None, typer.Option(help="Days of training before --start (default 21).")] = None,
+    num_rounds: Annotated[int | None, typer.Option(help="Boosting rounds per horizon (default 300).")] = None,
+) -> None:
+    """Rolling-origin backtest: train on data before --start, forecast every 15-minute origin in the range."""
+    import duckdb
+
+    from pulse import backtest as bt
+
+    settings = _settings()
+    t0 = time.perf_counter()
+    first, last = _instant(start), _instant(end, end=True)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        try:
+            run = bt.run_backtest(con, settings, first, last, train_days=train_days, num_rounds=num_rounds)
+        except ValueError as err:
+            typer.echo(f"backtest refused: {err}", err=True)
+            raise typer.Exit(1) from err
+        command = " ".join(["pulse backtest", *sys.argv[2:]])
+        paths = bt.write_backtest(run, out, settings, command=command)
+        frames = dict(run.forecasts.frames)
+        truth = bt.truth_frame(settings, frames[bt.MODEL])
+        if truth is not None:
+            frames[bt.TRUTH] = truth
+        scores = bt.score(frames, run.forecasts.actuals)
+    png = out.with_suffix(".png")
+    png.write_bytes(bt.plot_backtest(run.forecasts.frames, run.forecasts.actuals, scores))
+    fc = run.fit.forecaster
+    typer.echo(
+        f"trained on {run.fit.start:%Y-%m-%d %H:%M}..{first:%Y-%m-%d %H:%M} ({len(run.fit.train):,} rows, "
+        f"intervals fitted from {run.fit.calibration_start:%Y-%m-%d %H:%M}); {len(fc.cells)} active cells of "
+        f"{run.fit.cells_seen} ({run.fit.demand_share:.1%} of requests)"
+    )
+    for name, path in paths.items():
+        typer.echo(f"wrote {path} ({len(frames[name]):,} rows)")
+    typer.echo(f"plot {png}; finished in {time.perf_counter() - t0:.0f}s\n")
+    typer.echo(bt.format_scores(scores))
+    pit = ", ".join(f"{h} min {c:.3f}" for h, c in run.forecasts.pit_coverage.items())
+    typer.echo(f"model randomised-PIT coverage of [0.1, 0.9] (0.8 = calibrated): {pit}")
+
+
+@app.command()
+def evaluate(file: Annotated[Path, typer.Argument(help="Backtest file written by `pulse backtest`.")]) -> None:
+    """Per horizon: MAE, RMSE, WAPE, bias and p10–p90 coverage of the model, each baseline beside the file
+    and, on a simulated city, the true expected demand; all on the same rows."""
+    import duckdb
+
+    from pulse import backtest as bt
+
+    settings = _settings()
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        try:
+            scores = bt.evaluate(file, con, settings)
+        except (ValueError, FileNotFoundError) as err:
+            typer.echo(f"cannot evaluate: {err}", err=True)
+            raise typer.Exit(1) from err
+    typer.echo(bt.format_scores(scores))
+    meta = file.with_suffix(".json")
+    if meta.exists():
+        pit = json.loads(meta.read_text()).get("pit_coverage_p10_p90", {})
+        if pit:
+            text = ", ".join(f"{h} min {c:.3f}" for h, c in pit.items())
+            typer.echo(f"model randomised-PIT coverage of [0.1, 0.9] (0.8 = calibrated): {text}")
+
+
+model_app = typer.Typer(no_args_is_help=True, help="The model registry: status, rollback, drift review.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("status")
+def model_status(limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 10) -> None:
+    """Champion, challenger and the recorded promotion decision of the newest versions."""
+    from pulse import promotion
+
+    for row in promotion.status(_settings(), limit):
+        typer.echo(
+            f"v{row['version']:>4}  {row['aliases']:<21} {row['decision'] or '-':<9} {row['decided_at']:<26}"
+            f"{row['failed']}"
+        )
+
+
+@model_app.command("rollback")
+def model_rollback(
+    to: Annotated[str | None, typer.Option(help="Version to make champion; default: the one it replaced.")] = None,
+) -> None:
+    """Move alias `champion` back to the version the current champion replaced (or to --to)."""
+    from pulse import promotion
+
+    try:
+        old, new = promotion.rollback(_settings(), to)
+    except ValueError as err:
+        typer.echo(f"rollback refused: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"champion moved from v{old} back to v{new}")
+
+
+@model_app.command("resolve-drift")
+def model_resolve_drift(
+    day: Annotated[str, typer.Argument(help="Day (YYYY-MM-DD) whose severe input drift was reviewed.")],
+    note: Annotated[str, typer.Option(help="Why the drift is acceptable.")] = "reviewed",
+) -> None:
+    """Mark a day's severe input drift as reviewed, so it no longer blocks promotion."""
+    from pulse import drift, ingest
+
+    with ingest.connect(_settings()) as con:
+        drift.resolve(con, date.fromisoformat(day), note)
+    typer.echo(f"drift of {day} resolved: {note}")
 
 
 if __name__ == "__main__":

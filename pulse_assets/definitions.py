@@ -3,11 +3,15 @@
 import dagster as dg
 
 from pulse.settings import PulseSettings
+from pulse_assets.backtest import model_backtest
+from pulse_assets.drift import monitoring_assets
 from pulse_assets.fact_store import clickhouse_facts
 from pulse_assets.features import feast_registry, feature_export, online_features
 from pulse_assets.ingest import raw_assets, raw_cell_neighbours
 from pulse_assets.partitions import daily_partitions
+from pulse_assets.quality import asset_checks
 from pulse_assets.resources import resources_for
+from pulse_assets.sensors import WAREHOUSE_TAGS, automation_jobs, sensors
 from pulse_assets.training import champion_model, model_candidate
 from pulse_assets.transform import dbt_models
 
@@ -15,6 +19,7 @@ daily_pipeline = dg.define_asset_job(
     "daily_pipeline",
     selection=dg.AssetSelection.all(),
     partitions_def=daily_partitions,
+    tags=WAREHOUSE_TAGS,  # one warehouse writer at a time (dagster.yaml tag concurrency limit)
     description="Landing → raw → dbt facts → Feast (offline, registry, online) → ClickHouse → train → promote.",
 )
 
@@ -28,9 +33,13 @@ defs = dg.Definitions(
         feast_registry,
         online_features,
         model_candidate,
+        model_backtest,
         champion_model,
+        *monitoring_assets,
     ],
-    jobs=[daily_pipeline],
+    asset_checks=asset_checks,
+    jobs=[daily_pipeline, *automation_jobs],
+    sensors=sensors,
     resources=resources_for(PulseSettings()),
     # One process runs a run's steps in order: the DuckDB warehouse takes one writer at a time, and
     # per-step subprocesses would pay the Feast/dbt/LightGBM import cost again for every step.

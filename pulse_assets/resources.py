@@ -47,8 +47,16 @@ def dbt_cli() -> DbtCliResource:
     )
 
 
-if not dbt_project.manifest_path.exists():
-    # A fresh clone has no manifest yet; parsing needs no database, only the project files.
+def _manifest_is_stale() -> bool:
+    if not dbt_project.manifest_path.exists():
+        return True
+    built = dbt_project.manifest_path.stat().st_mtime
+    sources = [p for d in ("models", "macros", "seeds", "tests") for p in (dbt_project.project_dir / d).rglob("*")]
+    return any(p.stat().st_mtime > built for p in [*sources, dbt_project.project_dir / "dbt_project.yml"])
+
+
+if _manifest_is_stale():
+    # A fresh clone has no manifest, an edited project an outdated one; parsing needs only the project files.
     os.environ.setdefault("PULSE_WAREHOUSE", str(PulseSettings().warehouse_path))
     dbt_cli().cli(["parse", "--quiet"], target_path=Path("target")).wait()
 

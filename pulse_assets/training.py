@@ -1,9 +1,11 @@
 """Training and promotion stages: a candidate per run's newest day, registered in MLflow, promoted if better."""
 
 import dagster as dg
+import numpy as np
 
-from pulse import ingest, training
+from pulse import drift, ingest, promotion, training
 from pulse.settings import MODEL_NAME
+from pulse_assets import quality
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource
 
@@ -45,23 +47,37 @@ def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> 
 
 @dg.asset(
     key=["model", "champion"],
-    deps=[model_candidate],
+    deps=[model_candidate, ["model", "backtest"], ["monitoring", "input_drift"], ["monitoring", "model_drift"]],
     group_name="promotion",
     kinds={"mlflow"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
 )
-def champion_model(pulse: PulseResource) -> dg.MaterializeResult:
-    """Moves alias `champion` to the `challenger` version when it beats the seasonal-naive baseline at every
-    horizon on the same held-out rows; the decision and its reasons are tagged on the version either way."""
+def champion_model(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
+    """The challenger becomes `champion` only when every gate passes (`pulse/promotion.py`): the GX checks on
+    its inputs, WAPE no worse than the champion's on the same held-out rows (within
+    `promotion_wape_tolerance`), better than the 4-week climatology, and no unresolved severe input drift on
+    the days it adds. The decision and its reasons are tagged on the MLflow version either way."""
     settings = pulse.settings()
-    decision = training.decide_promotion(settings)
+    version, _ = quality.candidate_version(context.instance)
+    days, new_days = promotion.window_days(settings, version)
+    evidence = quality.check_evidence(context.instance, version, days, new_days)
+    with ingest.connect(settings) as con:
+        unresolved = drift.unresolved_severe_input_drift(con, new_days)
+    decision = promotion.decide(settings, version, evidence, unresolved)
+    context.log.info(f"v{decision.version} {'promoted' if decision.promoted else 'refused'}: {decision.reasons}")
+    figures = {k: round(v, 4) for k, v in decision.figures.items() if np.isfinite(v)}
     return dg.MaterializeResult(
         metadata={
             "model": MODEL_NAME,
             "candidate_version": decision.version,
+            "decision": "promoted" if decision.promoted else "refused",
             "promoted": decision.promoted,
-            "champion_version": decision.champion,
-            "reasons": "\n".join(decision.reasons),
+            "champion_version": decision.champion or "none",
+            "previous_champion": decision.previous_champion or "none",
+            "gates": dg.MetadataValue.json({g.name: g.passed for g in decision.gates}),
+            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+            "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
+            "figures": dg.MetadataValue.json(figures),
         }
     )

@@ -39,6 +39,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
         "end": end.isoformat(sep=" "),
         "service_types": list(settings.service_types),
         "min_cell_requests": settings.min_cell_requests,
+        "timezone": settings.timezone,  # weekly/daily lookbacks follow the city's clock
     }
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
     # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.

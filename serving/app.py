@@ -1,47 +1,108 @@
-"""The forecast API: `create_app(settings)`; the lifespan loads the Feast store and the champion model."""
+"""The forecast API: `create_app(settings)`. The lifespan loads the champion, the climatology and the online
+features into a :class:`serving.state.ServingState` and starts the two background refreshers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import sys
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from pulse.settings import PulseSettings
-from serving.routers import cells, forecast, health
+from serving.auth import ApiKeyMiddleware, document_bearer_auth
+from serving.metrics import Metrics, MetricsMiddleware, StateCollector
+from serving.routers import cells, forecast, health, heatmap, livemap, model, recommendations
+from serving.routers.livemap import STATIC_DIR
+from serving.state import ServingState
 
 log = logging.getLogger("pulse.serving")
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
-def load_state(settings: PulseSettings):
-    from pulse.feature_store import open_store
-    from pulse.registry import load_alias
-    from serving.state import OnlineFeatures, ServingState
-
-    model = load_alias(settings)
-    return ServingState(features=OnlineFeatures(open_store(settings)), model=model)
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
-def create_app(settings: PulseSettings | None = None) -> FastAPI:
+async def every(seconds: float, work: Callable[[], object], name: str) -> None:
+    """Run blocking ``work`` in a worker thread every ``seconds``; errors are logged, never fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            log.exception("%s failed", name)
+
+
+def api_keys(settings: PulseSettings) -> tuple[bytes, ...]:
+    return tuple(k.strip().encode() for k in settings.api_keys.get_secret_value().split(",") if k.strip())
+
+
+def create_app(settings: PulseSettings | None = None, clock: Callable[[], datetime] | None = None) -> FastAPI:
+    """The app for one city. ``clock`` (default: the wall clock) is what staleness checks call "now"."""
     settings = settings or PulseSettings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.settings = settings
+        settings = app.state.settings  # read at start: tests may hand the app another city before it starts
+        # The background refreshers run Python in worker threads (Feast read, MLflow poll); a request waiting
+        # for the GIL waits up to the switch interval (5 ms by default), which is the whole latency budget.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        app.state.api_keys = api_keys(settings)
         app.state.serving, app.state.load_error = None, None
+        state = ServingState(settings, app.state.clock)
         try:
-            app.state.serving = load_state(settings)
-        except Exception as err:  # keep the process up: /health says why, routes answer 503
-            app.state.load_error = f"could not load model or feature store: {err}"
-            log.error(app.state.load_error)
-        yield
+            await asyncio.to_thread(state.start)
+            app.state.serving = state
+        except Exception as err:  # keep the process up: /health and /ready say why, routes answer 503
+            app.state.load_error = f"could not load model or features: {type(err).__name__}: {err}"
+            log.exception("serving state failed to load")
+        if not app.state.api_keys:
+            log.warning("no API keys configured (PULSE_API_KEYS): /v1 routes are open")
+        tasks = []
+        if app.state.serving is not None:
+            tasks = [
+                asyncio.create_task(every(settings.feature_refresh_seconds, state.refresh_features, "feature refresh")),
+                asyncio.create_task(every(settings.model_poll_seconds, state.poll_model, "model poll")),
+            ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            state.restore_env()
+            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         title="Pulse forecast API",
         version="1",
-        description="Ride-hailing demand per H3 cell, 30/60/90 minutes ahead, from the champion model.",
+        description=(
+            "Ride-hailing demand per H3 cell 30/60/90 minutes ahead from the champion model, with expected "
+            "supply, surge projections, explanations and repositioning moves. `/v1` routes need "
+            "`Authorization: Bearer <key>` when API keys are configured; `/health`, `/ready` and `/metrics` are open."
+        ),
         lifespan=lifespan,
     )
-    for module in (health, cells, forecast):
+    app.state.settings = settings
+    app.state.clock = clock or wall_clock
+    app.state.api_keys = api_keys(settings)
+    app.state.metrics = metrics
+    app.state.serving, app.state.load_error = None, None
+    metrics.registry.register(StateCollector(lambda: app.state.serving))
+    for module in (health, forecast, heatmap, recommendations, cells, model, livemap):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    document_bearer_auth(app)
+    app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.api_keys)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times auth rejections too
     return app

@@ -7,7 +7,8 @@ from fastapi import Depends, Request
 from pulse.settings import PulseSettings
 
 
-def get_settings(request: Request) -> PulseSettings:
+async def get_settings(request: Request) -> PulseSettings:
+    # async: FastAPI runs plain-def dependencies in a thread pool, a thread hop per request.
     return request.app.state.settings
 
 

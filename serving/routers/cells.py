@@ -1,23 +1,20 @@
-"""/v1/cells: the cells the champion can forecast."""
+"""/v1/cells: the cells the server forecasts, with their hexagon boundaries for maps."""
 
 from typing import Annotated
 
-import h3
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from serving.deps import StateDep
-from serving.schemas import Cell, CellList
-from serving.settings import SettingsDep
+from serving.deps import settings_of, view_of
+from serving.routers.forecast import ERRORS, JSON
+from serving.schemas import CellList
 
 router = APIRouter(prefix="/v1", tags=["cells"])
 
 
-@router.get("/cells", response_model=CellList, responses={422: {}})
-def list_cells(
-    state: StateDep, settings: SettingsDep, service_type: Annotated[int, Query(description="Ride product.")]
-) -> CellList:
-    if service_type not in state.model.forecaster.service_types:
-        known = state.model.forecaster.service_types
-        raise HTTPException(422, detail=f"unknown service type {service_type}; known: {known}")
-    cells = [Cell(hex_id=c, lat=(ll := h3.cell_to_latlng(c))[0], lng=ll[1]) for c in state.model.forecaster.cells]
-    return CellList(service_type=service_type, h3_resolution=settings.h3_resolution, cells=cells)
+@router.get("/cells", response_model=CellList, responses=ERRORS)
+async def list_cells(request: Request, service_type: Annotated[int, Query(description="Ride product.")]) -> Response:
+    """Active cells of the city (the champion's), centre and boundary of each."""
+    view, settings = view_of(request), settings_of(request)
+    if service_type not in view.table.service_types:
+        raise HTTPException(422, detail=f"unknown service type {service_type}; known: {view.table.service_types}")
+    return Response(view.cells_json(service_type, settings.h3_resolution), media_type=JSON)

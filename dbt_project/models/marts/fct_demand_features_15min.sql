@@ -14,8 +14,14 @@
   feature_ts = bucket_start + 15 min (the moment the bucket is complete).
 
   No column reads a bucket starting at or after feature_ts: lags and sums look back from this bucket,
-  the weekly columns read buckets at least 7 days minus 90 minutes back, weather is the observation at
-  or before bucket_start. The one forward-looking input is the published event schedule.
+  the weekly columns read buckets at least 7 days minus 90 minutes back, the daily ones at least 1 day
+  minus 105 minutes back, weather is the observation at or before bucket_start. The one forward-looking
+  input is the published event schedule.
+
+  Weekly and daily lookbacks follow the city's wall clock (var('timezone'), an IANA name): "the same
+  bucket last week" is the same local time 7 days earlier, so a DST change does not shift the weekly
+  pattern by an hour. Where the clock falls back, the first of the two buckets sharing a local time is
+  the one a lookback reads; where it springs forward, the skipped local hour gives NULL.
 
   Lookbacks join on time, never on row offsets: every series (cell, service type) numbers its buckets
   from a fixed origin, so "n buckets earlier" is the equi-join row_key - n. A bucket missing from the fact
@@ -29,6 +35,8 @@
 {%- set horizons = range(1, 7) -%}
 {%- set trailing = [('1h', 4), ('3h', 12), ('24h', 96)] -%}
 {%- set buckets_per_week = 7 * 24 * 4 -%}
+{%- set buckets_per_day = 24 * 4 -%}
+{%- set tz = var('timezone', env_var('PULSE_TIMEZONE', 'America/New_York')) -%}
 
 with
 
@@ -61,45 +69,91 @@ series as (
 
 ),
 
-keyed as materialized (
+clocked as (
 
-    -- row_key = series_no * 2^32 + bucket_no, with bucket_no counting 15-minute buckets: the bucket
-    -- `n` buckets before a row has key row_key - n, so every lookback below is an equi-join on time.
+    -- local_start: the bucket's start on the city's wall clock (naive local time)
     select
-        demand.hex_id,
-        demand.service_type,
-        demand.bucket_start,
-        demand.requests,
-        demand.price_conversion,
-        demand.acceptance_rate,
-        demand.mean_quoted_surge,
+        demand.*,
         series.series_no,
-        series.series_no * 4294967296
-            + date_diff('minute', timestamp '2000-01-03 00:00:00', demand.bucket_start) // 15 as row_key,
-        -- running totals: the sum over buckets [a, b] is running(b) - running(a) + requests(a), and it
-        -- covers every bucket in between when the row counts differ by exactly the number of buckets
-        sum(demand.requests) over series_history as requests_running,
-        count(*) over series_history as rows_running,
-        -- mean of this bucket and the same time of week 1, 2 and 3 weeks earlier, over the weeks present
-        avg(demand.requests) over same_time_of_week_4w as requests_tow_mean_4w
+        timezone('{{ tz }}', timezone('UTC', demand.bucket_start)) as local_start
 
     from demand
     inner join series
         on series.hex_id = demand.hex_id
         and series.service_type = demand.service_type
+
+),
+
+smoothed as (
+
+    -- requests over this bucket and its two neighbours (on time, so a missing bucket is just absent)
+    select
+        *,
+        sum(requests) over neighbours as requests_3_sum,
+        count(*) over neighbours as requests_3_n,
+        date_diff('minute', timestamp '2000-01-03 00:00:00', local_start) // 15 as local_bucket_no
+
+    from clocked
+    window neighbours as (
+        partition by series_no
+        order by bucket_start
+        range between interval 15 minute preceding and interval 15 minute following
+    )
+
+),
+
+keyed as materialized (
+
+    -- row_key = series_no * 2^32 + bucket_no, with bucket_no counting 15-minute buckets: the bucket
+    -- `n` buckets before a row has key row_key - n, so every lookback below is an equi-join on time.
+    -- local_key is the same on the local clock, for the weekly and daily lookbacks.
+    select
+        hex_id,
+        service_type,
+        bucket_start,
+        requests,
+        price_conversion,
+        acceptance_rate,
+        mean_quoted_surge,
+        series_no,
+        series_no * 4294967296
+            + date_diff('minute', timestamp '2000-01-03 00:00:00', bucket_start) // 15 as row_key,
+        series_no * 4294967296 + local_bucket_no as local_key,
+        -- where the clock falls back two buckets share a local time: lookbacks read the first
+        row_number() over (partition by series_no, local_bucket_no order by bucket_start) = 1
+            as first_at_local_time,
+        hour(local_start) * 60 + minute(local_start) as local_minute_of_day,
+        isodow(local_start) - 1 as local_day_of_week,
+        -- running totals: the sum over buckets [a, b] is running(b) - running(a) + requests(a), and it
+        -- covers every bucket in between when the row counts differ by exactly the number of buckets
+        sum(requests) over series_history as requests_running,
+        count(*) over series_history as rows_running,
+        -- mean of this bucket and the same local time of week 1, 2 and 3 weeks earlier, over the weeks
+        -- present; then the same over this bucket and its neighbours (up to 12 buckets)
+        avg(requests) over same_time_of_week_4w as requests_tow_mean_4w,
+        sum(requests_3_sum) over same_time_of_week_4w
+            / sum(requests_3_n) over same_time_of_week_4w as requests_tow_smooth_4w,
+        -- mean over this bucket and its neighbours at the same local time of day, this day and the 6
+        -- before (up to 21 buckets)
+        sum(requests_3_sum) over same_time_of_day_7d
+            / sum(requests_3_n) over same_time_of_day_7d as requests_tod_smooth_7d
+
+    from smoothed
     window
         series_history as (
-            partition by series.series_no
-            order by demand.bucket_start
+            partition by series_no
+            order by bucket_start
             rows between unbounded preceding and current row
         ),
         same_time_of_week_4w as (
-            partition by
-                series.series_no,
-                date_diff('minute', timestamp '2000-01-03 00:00:00', demand.bucket_start) // 15
-                    % {{ buckets_per_week }}
-            order by demand.bucket_start
+            partition by series_no, local_bucket_no % {{ buckets_per_week }}
+            order by local_start
             range between interval 21 day preceding and current row
+        ),
+        same_time_of_day_7d as (
+            partition by series_no, local_bucket_no % {{ buckets_per_day }}
+            order by local_start
+            range between interval 6 day preceding and current row
         )
 
 ),
@@ -127,7 +181,11 @@ history as materialized (
         {% for k in horizons %}
         ahead_{{ k }}.requests as requests_last_week_ahead_{{ k }},
         ahead_{{ k }}.requests_tow_mean_4w as tow_mean_4w_ahead_{{ k }},
+        ahead_{{ k }}.requests_tow_smooth_4w as tow_smooth_4w_ahead_{{ k }},
+        day_ahead_{{ k }}.requests_tod_smooth_7d as tod_smooth_7d_ahead_{{ k }},
         {% endfor %}
+        current_rows.local_minute_of_day,
+        current_rows.local_day_of_week,
         current_rows.price_conversion,
         current_rows.acceptance_rate,
         current_rows.mean_quoted_surge,
@@ -145,9 +203,13 @@ history as materialized (
         on first_{{ name }}.row_key = current_rows.row_key - {{ buckets - 1 }}
     {% endfor %}
     {% for k in horizons %}
-    -- the target {{ k }} bucket(s) after this one, one week earlier
+    -- the target {{ k }} bucket(s) after this one, one week and one day earlier (local clock)
     left join keyed as ahead_{{ k }}
-        on ahead_{{ k }}.row_key = current_rows.row_key + {{ k }} - {{ buckets_per_week }}
+        on ahead_{{ k }}.local_key = current_rows.local_key + {{ k }} - {{ buckets_per_week }}
+        and ahead_{{ k }}.first_at_local_time
+    left join keyed as day_ahead_{{ k }}
+        on day_ahead_{{ k }}.local_key = current_rows.local_key + {{ k }} - {{ buckets_per_day }}
+        and day_ahead_{{ k }}.first_at_local_time
     {% endfor %}
     where {{ in_window('current_rows.bucket_start') }}
 
@@ -275,6 +337,8 @@ features as (
         {% for k in horizons %}
         history.requests_last_week_ahead_{{ k }},
         history.tow_mean_4w_ahead_{{ k }},
+        history.tow_smooth_4w_ahead_{{ k }},
+        history.tod_smooth_7d_ahead_{{ k }},
         {% endfor %}
 
         -- neighbourhood: 0 when no active neighbour is present at that ring
@@ -293,6 +357,9 @@ features as (
         isodow(history.bucket_start) - 1 as day_of_week,
         isodow(history.bucket_start) >= 6 as is_weekend,
         holidays.holiday_date is not null as is_holiday,
+        -- the same on the city's clock
+        history.local_minute_of_day,
+        history.local_day_of_week,
 
         -- weather
         weather.temperature_c,

@@ -1,0 +1,419 @@
+"""Rolling-origin backtests, their export files, and their evaluation.
+
+A backtest over [start, end) trains on data before ``start`` only (``pulse.training.fit_forecaster``, the
+same code and Feast feature service as the registered candidates), then forecasts at every origin
+T = start, start + 15 min, ..., for every active cell, service type and horizon whose target bucket
+[T + h − 15 min, T + h) ends by ``end``. All origins' features come from one point-in-time retrieval.
+
+Files (DESIGN.md export format: hex_id, service_type, origin_ts, horizon_min, target_start, p10, p50, p90):
+
+* ``FILE.parquet``: the model;
+* ``FILE.<baseline>.parquet`` beside it: the same rows for each baseline of ``pulse.baselines``;
+* ``FILE.json``: how the run was made (windows, cells, rows, calibration, the command).
+
+Evaluation reads the files, the actual demand from the warehouse and, on a simulated city, the simulator's
+true expected demand (``truth``: Poisson quantiles of the true mean, the best any forecaster can do). Every
+forecaster is scored on the same rows: those with an actual where all of them have a forecast. A baseline
+that lacks the history for more than half of the model's rows (seasonal naive or climatology in a city
+younger than a week) is left out rather than shrinking the rows everyone is scored on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pulse import baselines, metrics, training
+from pulse.feature_store import historical_features
+from pulse.model import DemandForecaster, randomized_pit
+from pulse.settings import BUCKET_MINUTES, PulseSettings
+
+EXPORT_COLUMNS = ["hex_id", "service_type", "origin_ts", "horizon_min", "target_start", "p10", "p50", "p90"]
+KEYS = ["hex_id", "service_type", "origin_ts", "horizon_min"]
+MODEL, TRUTH = "model", "truth"
+MIN_COVERAGE = 0.5  # a forecaster with a value for fewer of the model's rows than this is left out
+BUCKET = timedelta(minutes=BUCKET_MINUTES)
+
+
+@dataclass
+class WindowForecasts:
+    """Forecasts of one window: the feature rows (with targets, NaN beyond the window) and, per forecaster,
+    rows in the export format, all in the same order; ``actuals`` holds the realised demand of each row."""
+
+    features: pd.DataFrame
+    frames: dict[str, pd.DataFrame]
+    actuals: pd.DataFrame
+    pit_coverage: dict[int, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def backtest_origins(start: datetime, end: datetime) -> pd.DatetimeIndex:
+    """Origins of a backtest over [start, end): every bucket end from ``start`` to ``end`` − 15 min."""
+    return pd.date_range(start, end - BUCKET, freq=BUCKET, tz="UTC")
+
+
+def _utc(ts) -> pd.Series:
+    ts = pd.to_datetime(ts)
+    if getattr(ts.dt, "tz", None) is None:
+        return ts.dt.tz_localize("UTC")
+    return ts.dt.tz_convert("UTC")
+
+
+def export_rows(features: pd.DataFrame, h: int, p10, p50, p90) -> pd.DataFrame:
+    origin = _utc(features["event_timestamp"]).dt.as_unit("us").reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "hex_id": features["hex_id"].astype(str).to_numpy(),
+            "service_type": features["service_type"].astype("int64").to_numpy(),
+            "origin_ts": origin,
+            "horizon_min": np.full(len(features), h, dtype="int64"),
+            "target_start": origin + pd.Timedelta(minutes=h - BUCKET_MINUTES),
+            "p10": np.asarray(p10, dtype=float),
+            "p50": np.asarray(p50, dtype=float),
+            "p90": np.asarray(p90, dtype=float),
+        }
+    )
+
+
+def forecast_window(
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    forecaster: DemandForecaster,
+    start: datetime,
+    end: datetime,
+    baseline_names: tuple[str, ...] = baselines.BASELINES,
+) -> WindowForecasts:
+    """The model's and the baselines' forecasts at every origin in [start, end), for the model's cells."""
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows = training.entity_rows(con, settings, backtest_origins(start, end), forecaster.cells)
+    features = historical_features(settings, rows)
+    seconds["features"] = time.perf_counter() - t0
+    features = training.attach_targets(con, features, forecaster.horizons)
+    features = features.sort_values(["event_timestamp", "hex_id", "service_type"], ignore_index=True)
+    origin = _utc(features["event_timestamp"])
+    end_utc = pd.Timestamp(end).tz_localize("UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (MODEL, *baseline_names)}
+    actual_parts, pit = [], {}
+    t0 = time.perf_counter()
+    for h in forecaster.horizons:
+        inside = (origin + pd.Timedelta(minutes=h) <= end_utc).to_numpy()
+        # targets beyond the window are not part of it, even when the warehouse already holds them
+        features.loc[~inside, f"target_{h}"] = np.nan
+        part = features[inside]
+        mu = forecaster.mean(part, h)
+        frames[MODEL].append(
+            export_rows(
+                part,
+                h,
+                forecaster.quantiles(mu, h, 0.1),
+                forecaster.quantiles(mu, h, 0.5),
+                forecaster.quantiles(mu, h, 0.9),
+            )
+        )
+        for name in baseline_names:
+            q = baselines.baseline_quantiles(part, name, h)
+            frames[name].append(export_rows(part, h, q["p10"], q["p50"], q["p90"]))
+        actual = part[f"target_{h}"].to_numpy(float)
+        actual_parts.append(frames[MODEL][-1][KEYS].assign(actual=actual))
+        known = np.isfinite(actual)
+        if known.any():
+            u = randomized_pit(actual[known], mu[known], forecaster.alphas(mu[known], h), seed=h)
+            pit[h] = float(np.mean((u >= 0.1) & (u <= 0.9)))
+    seconds["predict"] = time.perf_counter() - t0
+    return WindowForecasts(
+        features=features,
+        frames={name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()},
+        actuals=pd.concat(actual_parts, ignore_index=True),
+        pit_coverage=pit,
+        seconds=seconds,
+    )
+
+
+@dataclass
+class BacktestRun:
+    forecasts: WindowForecasts
+    fit: training.FitResult
+    start: datetime
+    end: datetime
+    seconds: dict[str, float]
+
+
+def run_backtest(
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    start: datetime,
+    end: datetime,
+    train_days: int | None = None,
+    num_rounds: int | None = None,
+) -> BacktestRun:
+    """Train on [start − train_days, start) (clipped to the city's first day), then forecast [start, end)."""
+    first_day = datetime.combine(settings.start_date, datetime.min.time())
+    train_start = max(start - timedelta(days=train_days or settings.train_days), first_day)
+    t0 = time.perf_counter()
+    fit = training.fit_forecaster(con, settings, train_start, start, num_rounds=num_rounds)
+    t1 = time.perf_counter()
+    forecasts = forecast_window(con, settings, fit.forecaster, start, end)
+    seconds = {"train": t1 - t0, "forecast": time.perf_counter() - t1, **forecasts.seconds}
+    return BacktestRun(forecasts, fit, start, end, seconds)
+
+
+# Files -------------------------------------------------------------------------------------------------
+
+
+def sibling(out: Path, name: str) -> Path:
+    """Where forecaster ``name``'s rows of backtest file ``out`` live (the model's are ``out`` itself)."""
+    out = Path(out)
+    return out if name == MODEL else out.with_name(f"{out.stem}.{name}{out.suffix}")
+
+
+def write_frames(frames: dict[str, pd.DataFrame], out: Path) -> dict[str, Path]:
+    """The model's rows to ``out`` and each baseline's beside it (truth, recomputable, is not written)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in frames.items():
+        if name == TRUTH:
+            continue
+        paths[name] = sibling(out, name)
+        frame[EXPORT_COLUMNS].to_parquet(paths[name], index=False)
+    return paths
+
+
+def run_info(run: BacktestRun, settings: PulseSettings, command: str = "") -> dict:
+    """How a backtest was made: windows, cells, rows, calibration (written as ``FILE.json``)."""
+    fc = run.fit.forecaster
+    return {
+        "command": command,
+        "start": run.start.isoformat(),
+        "end": run.end.isoformat(),
+        "train_start": run.fit.start.isoformat(),
+        "calibration_start": run.fit.calibration_start.isoformat(),
+        "train_rows": len(run.fit.train),
+        "calibration_rows": len(run.fit.calibration),
+        "active_cells": len(fc.cells),
+        "cells_with_requests": run.fit.cells_seen,
+        "active_cell_demand_share": run.fit.demand_share,
+        "min_cell_daily_requests": settings.min_cell_daily_requests,
+        "service_types": fc.service_types,
+        "horizons": fc.horizons,
+        "num_rounds": fc.num_rounds,
+        "dispersion": {str(h): a for h, a in fc.dispersion.items()},
+        "level_dispersion": {str(h): a for h, a in fc.level_dispersion.items()},
+        "pit_coverage_p10_p90": {str(h): c for h, c in run.forecasts.pit_coverage.items()},
+        "seconds": {k: round(v, 1) for k, v in run.seconds.items()},
+    }
+
+
+def write_backtest(run: BacktestRun, out: Path, settings: PulseSettings, command: str = "") -> dict[str, Path]:
+    paths = write_frames(run.forecasts.frames, out)
+    info = run_info(run, settings, command) | {"files": {name: p.name for name, p in paths.items()}}
+    Path(out).with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return paths
+
+
+def read_backtest(out: Path) -> dict[str, pd.DataFrame]:
+    """The model's rows and every baseline file found beside them."""
+    out = Path(out)
+    if not out.exists():
+        raise FileNotFoundError(out)
+    frames = {MODEL: pd.read_parquet(out)}
+    for name in baselines.BASELINES:
+        if sibling(out, name).exists():
+            frames[name] = pd.read_parquet(sibling(out, name))
+    for name, frame in frames.items():
+        missing = [c for c in EXPORT_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{sibling(out, name)} lacks column(s) {missing} of the export format")
+    return frames
+
+
+def actuals_for(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> pd.DataFrame:
+    """Realised demand of each row's target bucket (rows whose bucket is not in the facts are left out)."""
+    keys = frame[KEYS + ["target_start"]].copy()
+    keys["target_start"] = _utc(keys["target_start"]).dt.tz_localize(None)
+    got = con.execute(
+        """SELECT k.hex_id, k.service_type, k.origin_ts, k.horizon_min, f.requests AS actual
+           FROM keys k JOIN main.fct_demand_15min f
+             ON f.hex_id = k.hex_id AND f.service_type = k.service_type AND f.bucket_start = k.target_start"""
+    ).df()
+    got["origin_ts"] = _utc(got["origin_ts"])
+    return got
+
+
+def truth_frame(settings: PulseSettings, frame: pd.DataFrame) -> pd.DataFrame | None:
+    """On a simulated city: Poisson quantiles of the true expected demand for every row of ``frame``."""
+    if not settings.truth_path.exists():
+        return None
+    keys = frame[KEYS + ["target_start"]].copy()
+    keys["target_start"] = _utc(keys["target_start"])
+    lo, hi = keys["target_start"].min(), keys["target_start"].max()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        got = con.execute(
+            f"""SELECT k.hex_id, k.service_type, k.origin_ts, k.horizon_min, k.target_start, t.expected_requests
+                FROM keys k JOIN read_parquet('{settings.truth_path}') t
+                  ON t.hex_id = k.hex_id AND t.service_type = k.service_type AND t.bucket_start = k.target_start
+                WHERE t.bucket_start BETWEEN ? AND ?""",
+            [lo.to_pydatetime(), hi.to_pydatetime()],
+        ).df()
+    if got.empty:
+        return None
+    lam = np.clip(got["expected_requests"].to_numpy(float), 1e-12, None)
+    got["origin_ts"] = _utc(got["origin_ts"])
+    got["target_start"] = _utc(got["target_start"])
+    got["p10"], got["p50"], got["p90"] = (stats.poisson.ppf(q, lam) for q in (0.1, 0.5, 0.9))
+    return got[EXPORT_COLUMNS]
+
+
+# Scores ------------------------------------------------------------------------------------------------
+
+
+def pinball(actual: np.ndarray, quantile: np.ndarray, q: float) -> float:
+    d = np.asarray(actual, float) - np.asarray(quantile, float)
+    return float(np.mean(np.maximum(q * d, (q - 1) * d))) if d.size else float("nan")
+
+
+def score(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame) -> pd.DataFrame:
+    """Per forecaster and horizon, on the common rows: rows, MAE, RMSE, WAPE, bias, p10–p90 coverage, and
+    the mean pinball loss of p10/p50/p90 (``quantile_loss``). ``frames`` must hold ``model``."""
+    base = actuals[KEYS + ["actual"]].copy()
+    base["origin_ts"] = _utc(base["origin_ts"])
+    base = base[np.isfinite(base["actual"].to_numpy(float))]
+    model_rows = frames[MODEL][KEYS].assign(origin_ts=lambda f: _utc(f["origin_ts"]))
+    wide = base.merge(model_rows, on=KEYS, how="inner")
+    used, left_out = [], {}
+    for name, frame in frames.items():
+        part = frame[KEYS + ["p10", "p50", "p90"]].copy()
+        part["origin_ts"] = _utc(part["origin_ts"])
+        part = part.rename(columns={c: f"{c}__{name}" for c in ("p10", "p50", "p90")})
+        merged = wide.merge(part, on=KEYS, how="left")
+        covered = np.isfinite(merged[f"p50__{name}"].to_numpy(float)).mean() if len(merged) else 0.0
+        if name != MODEL and covered < MIN_COVERAGE:
+            left_out[name] = covered
+            continue
+        wide, used = merged, [*used, name]
+    ok = np.ones(len(wide), bool)
+    for name in used:
+        ok &= np.isfinite(wide[f"p50__{name}"].to_numpy(float))
+    wide = wide[ok]
+    out = []
+    for h, part in wide.groupby("horizon_min", sort=True):
+        a = part["actual"].to_numpy(float)
+        for name in used:
+            p10, p50, p90 = (part[f"{q}__{name}"].to_numpy(float) for q in ("p10", "p50", "p90"))
+            out.append(
+                {
+                    "forecaster": name,
+                    "horizon_min": int(h),
+                    "rows": len(a),
+                    **metrics.summary(a, p50, p10, p90),
+                    "quantile_loss": float(
+                        np.mean([pinball(a, p, q) for p, q in ((p10, 0.1), (p50, 0.5), (p90, 0.9))])
+                    ),
+                }
+            )
+    result = pd.DataFrame(out)
+    result.attrs["left_out"] = left_out
+    return result
+
+
+def scores_by_forecaster(scores: pd.DataFrame) -> dict[str, dict[int, dict[str, float]]]:
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for row in scores.to_dict("records"):
+        name, h = row.pop("forecaster"), int(row.pop("horizon_min"))
+        out.setdefault(name, {})[h] = {k: float(v) for k, v in row.items()}
+    return out
+
+
+def reference_baseline(scores: pd.DataFrame) -> str:
+    """The baseline promotion compares with: seasonal naive once the city has a week of history."""
+    present = set(scores["forecaster"]) if len(scores) else set()
+    return "seasonal_naive" if "seasonal_naive" in present else "last_value"
+
+
+def evaluate(out: Path, con: duckdb.DuckDBPyConnection, settings: PulseSettings) -> pd.DataFrame:
+    """Scores of the backtest file ``out``, its baselines and, on a simulated city, the true expected demand."""
+    frames = read_backtest(out)
+    truth = truth_frame(settings, frames[MODEL])
+    if truth is not None:
+        frames[TRUTH] = truth
+    return score(frames, actuals_for(con, frames[MODEL]))
+
+
+def format_scores(scores: pd.DataFrame) -> str:
+    """A table per horizon, and how the model compares with each other forecaster on WAPE."""
+    lines = []
+    cols = ["rows", "mae", "rmse", "wape", "bias", "coverage_p10_p90", "quantile_loss"]
+    heads = ["rows", "MAE", "RMSE", "WAPE", "bias", "p10-p90 cov", "quantile loss"]
+    for h, part in scores.groupby("horizon_min", sort=True):
+        lines.append(f"horizon {h} min")
+        lines.append(f"  {'forecaster':<16}" + "".join(f"{x:>14}" for x in heads))
+        model_wape = float(part.loc[part["forecaster"] == MODEL, "wape"].iloc[0])
+        for row in part.itertuples(index=False):
+            cells = [f"{int(row.rows):>14,}"] + [f"{getattr(row, c):>14.4f}" for c in cols[1:]]
+            lines.append(f"  {row.forecaster:<16}" + "".join(cells))
+        for row in part.itertuples(index=False):
+            if row.forecaster != MODEL and row.wape > 0:
+                change = model_wape / row.wape - 1
+                lines.append(f"  model WAPE vs {row.forecaster}: {change:+.1%}")
+        lines.append("")
+    left_out = scores.attrs.get("left_out", {})
+    for name, covered in left_out.items():
+        lines.append(f"left out: {name} (forecasts only {covered:.0%} of the rows: not enough history)")
+    return "\n".join(lines)
+
+
+# Plot --------------------------------------------------------------------------------------------------
+
+
+def plot_backtest(
+    frames: dict[str, pd.DataFrame], actuals: pd.DataFrame, scores: pd.DataFrame, cells: int = 3
+) -> bytes:
+    """PNG: forecast (p50, p10–p90) against actual for the busiest series at the middle horizon, and WAPE by
+    horizon for every forecaster."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = frames[MODEL].merge(actuals, on=KEYS, how="inner")
+    horizons = sorted(model["horizon_min"].unique())
+    h = horizons[len(horizons) // 2] if horizons else None
+    busiest = model[model["horizon_min"] == h].groupby(["hex_id", "service_type"])["actual"].sum().nlargest(cells).index
+    fig, axes = plt.subplots(len(busiest) + 1, 1, figsize=(12, 2.6 * (len(busiest) + 1)), squeeze=False)
+    for ax, (hex_id, st) in zip(axes[:, 0], busiest, strict=False):
+        s = model[(model["hex_id"] == hex_id) & (model["service_type"] == st) & (model["horizon_min"] == h)]
+        s = s.sort_values("target_start")
+        x = s["target_start"].dt.tz_convert("UTC").dt.tz_localize(None)
+        ax.fill_between(x, s["p10"], s["p90"], step="post", alpha=0.25, color="tab:blue", label="p10–p90")
+        ax.step(x, s["p50"], where="post", color="tab:blue", lw=1, label="p50")
+        ax.plot(x, s["actual"], ".", ms=2.5, color="black", label="actual")
+        ax.set_title(f"{hex_id} service {st}: {h}-minute forecasts vs actual", fontsize=9)
+        ax.set_ylabel("requests / 15 min", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+    ax = axes[-1, 0]
+    for name, part in scores.groupby("forecaster", sort=False):
+        part = part.sort_values("horizon_min")
+        ax.plot(part["horizon_min"], part["wape"], marker="o", label=name, lw=2 if name == MODEL else 1)
+    ax.set_xlabel("horizon (min)", fontsize=8)
+    ax.set_ylabel("WAPE", fontsize=8)
+    ax.set_xticks(horizons)
+    ax.set_title("error by horizon (same rows for every forecaster)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=60)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,251 @@
+"""Every served cell's forecast, computed once per feature snapshot and model.
+
+Forecasts only change when the features or the model change, so the server builds this table in the
+background whenever either does, and answers requests by looking entries up. A cell whose online features
+are missing or stale, or every cell when the online store is unreachable or there is no model, gets the
+time-of-week climatology instead, flagged ``degraded`` with the reason.
+
+Time. A forecast is made at its origin, the ``feature_ts`` of the cell's feature row. "Now" (the
+``reference``) is the newest feature timestamp the store holds: a cell more than ``max_feature_age_minutes``
+behind it is stale. That judges demo data that ended yesterday by its own clock. The optional wall-clock
+check (``max_store_lag_minutes``) compares the store's newest row with the injected clock instead: when the
+whole store lags, every cell degrades and the fallback is made for the clock's current bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from pulse import explain
+from pulse.climatology import Climatology, bucket_floor
+from pulse.forecasting import BadRequest, target_start
+from pulse.model import DemandForecaster, count_quantiles, design_matrix
+from pulse.settings import BUCKET_MINUTES, PulseSettings
+from pulse.surge import surge_multipliers
+
+Source = Literal["model", "climatology"]
+log = logging.getLogger("pulse.forecast")
+
+
+@dataclass(frozen=True)
+class HorizonForecast:
+    horizon_min: int
+    target_start: datetime
+    mean: float
+    p10: float
+    p50: float
+    p90: float
+    dispersion: float  # negative-binomial α around the mean (0 = Poisson)
+    expected_supply: float | None  # idle drivers expected in the cell; None without supply data
+    surge: float | None
+    factors: tuple[explain.Factor, ...] = ()
+    explanation: str = ""
+
+
+@dataclass(frozen=True)
+class CellForecast:
+    hex_id: str
+    service_type: int
+    origin: datetime
+    feature_ts: datetime | None
+    source: Source
+    degraded: bool
+    reason: str | None
+    horizons: dict[int, HorizonForecast]
+
+
+@dataclass
+class ForecastTable:
+    cells: dict[tuple[str, int], CellForecast]
+    reference: datetime
+    horizons: list[int]
+    service_types: list[int]
+    model_version: str | None
+    reason_all: str | None = None  # why every cell is degraded, if every cell is
+    model_error: str | None = None  # why the model could not forecast, if it could not
+    cell_ids: list[str] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> int:
+        return sum(c.degraded for c in self.cells.values())
+
+    def get(self, hex_id: str, service_type: int) -> CellForecast | None:
+        return self.cells.get((hex_id, service_type))
+
+
+def parse_horizons(text: str | list[int], served: list[int]) -> tuple[int, ...]:
+    """Requested horizons, checked: multiples of 15 minutes that the model serves."""
+    if isinstance(text, str):
+        try:
+            wanted = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise BadRequest(f"horizons must be comma-separated minutes, got '{text}'") from None
+    else:
+        wanted = [int(x) for x in text]
+    if not wanted:
+        raise BadRequest("no horizon requested")
+    if bad := [h for h in wanted if h <= 0 or h % BUCKET_MINUTES]:
+        raise BadRequest(f"horizons {bad} are not positive multiples of {BUCKET_MINUTES} minutes")
+    if bad := [h for h in wanted if h not in served]:
+        raise BadRequest(f"horizons {bad} are beyond the model, which forecasts {served} minutes ahead")
+    return tuple(sorted(set(wanted)))
+
+
+def reference_time(
+    newest_feature: datetime | None, climatology: Climatology | None, now: datetime, settings: PulseSettings
+) -> tuple[datetime, str | None]:
+    """The table's "now" and, when the wall-clock check fails, the reason every cell is degraded."""
+    newest = newest_feature or (climatology.newest if climatology else None)
+    if settings.max_store_lag_minutes is not None:
+        lag = now - newest if newest else None
+        if lag is None or lag > timedelta(minutes=settings.max_store_lag_minutes):
+            behind = "has no features" if lag is None else f"is {_minutes(lag)} behind the clock"
+            return bucket_floor(now), f"the online store {behind} (limit {settings.max_store_lag_minutes} min)"
+        return newest, None
+    return (newest or bucket_floor(now)), None
+
+
+def build_table(
+    settings: PulseSettings,
+    entities: list[tuple[str, int]],
+    *,
+    forecaster: DemandForecaster | None,
+    model_version: str | None,
+    features: pd.DataFrame | None,
+    climatology: Climatology,
+    reference: datetime,
+    reason_all: str | None = None,
+    store_error: str | None = None,
+) -> ForecastTable:
+    """Forecast every entity: the model where its features are fresh, the climatology elsewhere.
+
+    ``features`` None means the online store could not be read (``store_error`` says why).
+    """
+    horizons = list(forecaster.horizons) if forecaster else list(settings.horizons)
+    reasons: dict[tuple[str, int], str] = {}
+    fresh = pd.DataFrame()
+    if reason_all is None and forecaster is None:
+        reason_all = "no model loaded"
+    if reason_all is None and features is None:
+        reason_all = store_error or "no online features read yet"
+    if reason_all is not None:
+        reasons = {e: reason_all for e in entities}
+    else:
+        frame = features.set_index(["hex_id", "service_type"], drop=False)
+        frame = frame[~frame.index.duplicated()].reindex(pd.MultiIndex.from_tuples(entities))
+        present = frame["feature_ts"].notna() & frame["requests"].notna()
+        limit = timedelta(minutes=settings.max_feature_age_minutes)
+        age = pd.Timestamp(reference) - frame["feature_ts"]
+        stale = present & (age > limit)
+        for key in frame.index[~present]:
+            reasons[key] = "no online features for this cell"
+        for key, a in zip(frame.index[stale], age[stale], strict=True):
+            reasons[key] = f"online features are {_minutes(a)} older than the newest (limit {_minutes(limit)})"
+        fresh = frame[present & ~stale].reset_index(drop=True)
+
+    cells: dict[tuple[str, int], CellForecast] = {}
+    model_error = None
+    if not fresh.empty:
+        try:
+            cells.update(_model_forecasts(forecaster, fresh, horizons, settings.surge_elasticity))
+        except Exception as err:  # a model that cannot read today's features: fall back, never a 500
+            model_error = f"the model cannot forecast from the online features: {type(err).__name__}: {err}"
+            log.error(model_error)
+            reasons.update(
+                {(h, int(s)): model_error for h, s in zip(fresh["hex_id"], fresh["service_type"], strict=True)}
+            )
+    origin = bucket_floor(reference)
+    for key, reason in reasons.items():
+        cells[key] = _fallback(key, origin, horizons, climatology, reason)
+    return ForecastTable(
+        cells={e: cells[e] for e in entities},
+        reference=reference,
+        horizons=horizons,
+        service_types=sorted({s for _, s in entities}),
+        model_version=model_version,
+        reason_all=reason_all,
+        model_error=model_error,
+        cell_ids=sorted({h for h, _ in entities}),
+    )
+
+
+def _model_forecasts(
+    forecaster: DemandForecaster, fresh: pd.DataFrame, horizons: list[int], elasticity: float
+) -> dict[tuple[str, int], CellForecast]:
+    origins = [ts.to_pydatetime() for ts in fresh["feature_ts"]]
+    supply = fresh["idle_drivers"].to_numpy(float)  # persistence: idle drivers now, expected at every horizon
+    per_h: dict[int, tuple] = {}
+    for h in horizons:
+        booster = forecaster.boosters[h]
+        # The columns the booster was trained on, so a version trained before a feature was added still reads
+        # today's feature rows.
+        x = design_matrix(fresh, h)[booster.feature_name()]
+        mu = booster.predict(x)
+        alpha = _dispersion(forecaster, mu, h)
+        quantiles = [count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)]
+        surge = surge_multipliers(mu, supply, elasticity)
+        factors = explain.explain(booster, x, fresh)
+        per_h[h] = (mu, *quantiles, alpha, surge, factors)
+    out = {}
+    for i, (hex_id, service_type) in enumerate(zip(fresh["hex_id"], fresh["service_type"], strict=True)):
+        horizon_rows = {}
+        for h, (mu, p10, p50, p90, alpha, surge, factors) in per_h.items():
+            horizon_rows[h] = HorizonForecast(
+                horizon_min=h,
+                target_start=target_start(origins[i], h),
+                mean=float(mu[i]),
+                p10=float(p10[i]),
+                p50=float(p50[i]),
+                p90=float(p90[i]),
+                dispersion=float(alpha[i]),
+                expected_supply=_opt(supply[i]),
+                surge=_opt(surge[i]),
+                factors=tuple(factors[i]),
+                explanation=explain.summary(factors[i]),
+            )
+        key = (str(hex_id), int(service_type))
+        out[key] = CellForecast(key[0], key[1], origins[i], origins[i], "model", False, None, horizon_rows)
+    return out
+
+
+def _dispersion(forecaster: DemandForecaster, mu: np.ndarray, h: int) -> np.ndarray:
+    """The negative-binomial α of every row: per level of μ where the forecaster has levels."""
+    if hasattr(forecaster, "alphas"):
+        return np.asarray(forecaster.alphas(mu, h), dtype=float)
+    return np.full(len(mu), forecaster.dispersion[h], dtype=float)
+
+
+def _fallback(
+    key: tuple[str, int], origin: datetime, horizons: list[int], climatology: Climatology, reason: str
+) -> CellForecast:
+    rows = {}
+    for h in horizons:
+        start = target_start(origin, h)
+        mu, p10, p50, p90 = climatology.forecast(key[0], key[1], start)
+        rows[h] = HorizonForecast(
+            horizon_min=h,
+            target_start=start,
+            mean=mu,
+            p10=p10,
+            p50=p50,
+            p90=p90,
+            dispersion=0.0,
+            expected_supply=None,
+            surge=None,
+            explanation=f"time-of-week average for this cell (fallback: {reason})",
+        )
+    return CellForecast(key[0], key[1], origin, None, "climatology", True, reason, rows)
+
+
+def _opt(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _minutes(delta: timedelta | pd.Timedelta) -> str:
+    return f"{int(pd.Timedelta(delta).total_seconds() // 60)} min"

@@ -1,0 +1,111 @@
+"""Backtest stage: every new candidate is backtested on its held-out days, like `pulse backtest` does.
+
+The candidate was trained and calibrated on data before its holdout start only, so forecasting the holdout
+with it is the rolling-origin backtest of `pulse backtest --start <holdout start> --end <window end>`: every
+15-minute origin, every active cell and horizon, with the baselines on the same rows (and the simulator's
+true expected demand on a simulated city). The files, the evaluation table and a plot go to
+`PULSE_HOME/backtests/v<version>/`, to the version's MLflow run (artifacts `backtest/`, metrics
+`backtest_<forecaster>_<metric>_<h>`), and to this asset's metadata.
+"""
+
+import base64
+import json
+from datetime import datetime
+
+import dagster as dg
+import numpy as np
+
+from pulse import backtest, ingest, registry
+from pulse_assets.partitions import daily_partitions, single_run
+from pulse_assets.resources import PulseResource
+from pulse_assets.training import model_candidate
+
+
+def _markdown(scores) -> str:
+    cols = ["rows", "mae", "rmse", "wape", "bias", "coverage_p10_p90", "quantile_loss"]
+    lines = ["| horizon | forecaster | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for row in scores.itertuples(index=False):
+        values = [f"{int(row.rows):,}"] + [f"{getattr(row, c):.4f}" for c in cols[1:]]
+        lines.append(f"| {row.horizon_min} | {row.forecaster} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    key=["model", "backtest"],
+    deps=[model_candidate],
+    group_name="training",
+    kinds={"lightgbm", "mlflow", "parquet"},
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+)
+def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
+    """Rolling-origin backtest of the new candidate (alias `challenger`) on its held-out days, in the export
+    format of DESIGN.md, with seasonal naive, 4-week climatology and last value on the same rows; MAE, RMSE,
+    WAPE, bias and p10–p90 coverage per horizon, and a plot of forecasts against actuals for the busiest
+    cells and of the error by horizon. Files in `PULSE_HOME/backtests/v<version>/` and on the MLflow run."""
+    settings = pulse.settings()
+    loaded = registry.load_alias(settings, registry.CHALLENGER)
+    c = registry.client(settings)
+    params = c.get_run(loaded.run_id).data.params
+    start, end = (datetime.fromisoformat(params[k]) for k in ("holdout_start", "window_end"))
+    train_start = datetime.fromisoformat(params["window_start"])
+    with ingest.connect(settings) as con:
+        result = backtest.forecast_window(con, settings, loaded.forecaster, start, end)
+        frames = dict(result.frames)
+        truth = backtest.truth_frame(settings, frames[backtest.MODEL])
+        if truth is not None:
+            frames[backtest.TRUTH] = truth
+        scores = backtest.score(frames, result.actuals)
+
+    folder = settings.home / "backtests" / f"v{loaded.version}"
+    out = folder / "backtest.parquet"
+    paths = backtest.write_frames(frames, out)
+    train_days = (start - train_start).total_seconds() / 86400
+    command = f"pulse backtest --start {start.isoformat()} --end {end.isoformat()} --train-days {train_days:g}"
+    info = {
+        "model_version": loaded.version,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "equivalent_command": command,
+        "active_cells": len(loaded.forecaster.cells),
+        "pit_coverage_p10_p90": {str(h): v for h, v in result.pit_coverage.items()},
+        "files": {name: p.name for name, p in paths.items()},
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    (folder / "evaluation.csv").write_text(scores.to_csv(index=False))
+    (folder / "evaluation.txt").write_text(backtest.format_scores(scores) + "\n")
+    png = backtest.plot_backtest(result.frames, result.actuals, scores)
+    (folder / "backtest.png").write_bytes(png)
+
+    for path in [*paths.values(), out.with_suffix(".json"), folder / "evaluation.csv", folder / "backtest.png"]:
+        c.log_artifact(loaded.run_id, str(path), artifact_path="backtest")
+    per = backtest.scores_by_forecaster(scores)
+    for name, by_h in per.items():
+        for h, m in by_h.items():
+            for metric, value in m.items():
+                if np.isfinite(value):
+                    c.log_metric(loaded.run_id, f"backtest_{name}_{metric}_{h}", value)
+    for h, value in result.pit_coverage.items():
+        c.log_metric(loaded.run_id, f"backtest_model_pit_coverage_{h}", value)
+
+    context.log.info("\n" + backtest.format_scores(scores))
+    metadata: dict[str, object] = {
+        "model_version": loaded.version,
+        "window_start": start.isoformat(),
+        "window_end": end.isoformat(),
+        "equivalent_command": command,
+        "rows": int(len(frames[backtest.MODEL])),
+        "active_cells": len(loaded.forecaster.cells),
+        "evaluation": dg.MetadataValue.md(_markdown(scores)),
+        "plot": dg.MetadataValue.md(f"![backtest](data:image/png;base64,{base64.b64encode(png).decode()})"),
+        "files": dg.MetadataValue.path(str(folder)),
+    }
+    for h, m in per.get(backtest.MODEL, {}).items():
+        metadata[f"wape_model_{h}"] = m["wape"]
+        for name in per:
+            if name != backtest.MODEL and h in per[name]:
+                metadata[f"wape_{name}_{h}"] = per[name][h]["wape"]
+        metadata[f"coverage_p10_p90_{h}"] = m["coverage_p10_p90"]
+    for h, value in result.pit_coverage.items():
+        metadata[f"pit_coverage_{h}"] = value
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,191 @@
+"""The Great Expectations suites in expectations/ (GX Core 1.x), on small frames and a tiny ingested city."""
+
+from datetime import date, datetime, timedelta
+
+import duckdb
+import great_expectations as gx
+import numpy as np
+import pandas as pd
+import pytest
+
+from expectations import checks, runner
+from pulse import ingest
+from pulse.features import FEATURE_NAMES
+from pulse.settings import PulseSettings
+from pulse.simulator import CityConfig, simulate_city
+
+START = date(2026, 10, 26)
+
+
+def test_every_suite_is_a_gx_suite_covering_its_contract():
+    names = runner.suite_names()
+    assert {"raw_ride_requests", "ingest_summary", "fct_demand_15min", "training_set", "forecasts"} <= set(names)
+    for name in names:
+        suite = gx.ExpectationSuite(**runner.load_suite_json(name))
+        assert suite.name == name and suite.expectations
+    for name in ("raw_ride_requests", "fct_demand_features_15min", "training_set"):  # schemas follow the code
+        kinds = {e["type"]: e["kwargs"] for e in runner.load_suite_json(name)["expectations"]}
+        assert kinds["expect_table_columns_to_match_set"]["column_set"] == {"$PARAMETER": "columns"}
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory):
+    """A radius-1 city, 3 days of ride requests ingested (no dbt)."""
+    settings = PulseSettings(home=tmp_path_factory.mktemp("gx_city"))
+    simulate_city(settings, CityConfig(radius=1, days=3, requests_per_day=3000, drivers={1: 10, 2: 4}))
+    con = duckdb.connect(str(settings.warehouse_path))
+    con.execute("SET TimeZone = 'UTC'")
+    for d in range(3):
+        ingest.ingest_partition(con, settings, "ride_requests", START + timedelta(days=d))
+    yield settings, con
+    con.close()
+
+
+def reland(settings, con, day: date, fault) -> None:
+    path = ingest.landing_file(settings, "ride_requests", day)
+    original = path.with_suffix(".orig")
+    if not original.exists():
+        path.rename(original)
+    fault(pd.read_parquet(original)).to_parquet(path, index=False)
+    ingest.ingest_partition(con, settings, "ride_requests", day)
+
+
+def test_raw_suite_passes_a_clean_day_and_names_faults(ingested):
+    settings, con = ingested
+    day = START + timedelta(days=2)
+    clean = checks.raw_events(con, settings, "ride_requests", [day])
+    assert clean.success, clean.metadata()["failed_expectations"]
+    assert clean.metadata()["partitions"] == [day.isoformat()]
+
+    def swap(df):
+        rows = np.random.default_rng(1).random(len(df)) < 0.3
+        df.loc[rows, ["pickup_lat", "pickup_lng"]] = df.loc[rows, ["pickup_lng", "pickup_lat"]].to_numpy()
+        return df
+
+    reland(settings, con, day, swap)
+    swapped = checks.raw_events(con, settings, "ride_requests", [day])
+    failed = swapped.metadata()["failed_expectations"]
+    assert any("expect_column_values_to_be_between(pickup_lat)" in f for f in failed), failed
+    assert "pickup_lat" in swapped.metadata()["sample_rows"]  # sample rows of the failing expectations
+
+    reland(settings, con, day, lambda df: pd.concat([df, df.head(len(df) // 5)]))
+    duplicated = checks.raw_events(con, settings, "ride_requests", [day])
+    failed = duplicated.metadata()["failed_expectations"]
+    assert any(f.startswith("ingest_summary: expect_column_values_to_be_between(quarantine_share)") for f in failed)
+    assert "duplicate id" in duplicated.metadata()["sample_rows"]
+
+    reland(settings, con, day, lambda df: df.drop(columns=["rider_id"]))
+    failed = checks.raw_events(con, settings, "ride_requests", [day]).metadata()["failed_expectations"]
+    assert any("proportion_of_non_null_values_to_be_between(rider_id)" in f for f in failed), failed
+    reland(settings, con, day, lambda df: df)
+
+
+def synthetic_facts(con, days: int = 8) -> list[date]:
+    """fct_demand_15min / fct_supply_15min for 2 cells × 2 service types × 96 buckets × ``days``."""
+    rng = np.random.default_rng(5)
+    start = datetime.combine(START, datetime.min.time())
+    buckets = pd.date_range(start, periods=96 * days, freq="15min")
+    grid = pd.MultiIndex.from_product([["a", "b"], [1, 2], buckets], names=["hex_id", "service_type", "bucket_start"])
+    f = grid.to_frame(index=False)
+    f["requests"] = rng.poisson(3, len(f))
+    f["completed"] = (f["requests"] * 0.9).astype(int)
+    f["cancelled"], f["unfulfilled"], f["riders"] = 0, 0, f["requests"]
+    f["quotes"] = f["requests"] + 1
+    f["converted_quotes"] = f["requests"]
+    f["price_conversion"] = f["converted_quotes"] / f["quotes"]
+    f["acceptance_rate"], f["mean_quoted_surge"] = 0.9, 1.1
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.execute(
+        "CREATE OR REPLACE TABLE raw.ride_requests AS SELECT DISTINCT CAST(bucket_start AS DATE) AS event_date FROM f"
+    )
+    con.execute("CREATE OR REPLACE TABLE main.dim_cells AS SELECT DISTINCT hex_id FROM f")
+    con.execute("CREATE OR REPLACE TABLE main.fct_demand_15min AS SELECT * FROM f")
+    con.execute(
+        "CREATE OR REPLACE TABLE main.fct_supply_15min AS "
+        "SELECT hex_id, service_type, bucket_start, 3 AS idle_drivers, 2 AS busy_drivers FROM f"
+    )
+    return [START + timedelta(days=d) for d in range(days)]
+
+
+def test_facts_suite_grid_counts_ratios_and_day_totals(tmp_path):
+    settings = PulseSettings(home=tmp_path)
+    with duckdb.connect(str(tmp_path / "facts.duckdb")) as con:
+        days = synthetic_facts(con)
+        last = days[-1]
+        ok = checks.facts(con, settings, [last])
+        assert ok.success, ok.metadata()["failed_expectations"]
+        assert checks.facts(con, settings, days).success  # a backfill of every day, first day unjudged
+
+        con.execute(
+            "UPDATE main.fct_demand_15min SET requests = requests * 10 WHERE CAST(bucket_start AS DATE) = ?", [last]
+        )
+        failed = checks.facts(con, settings, [last]).metadata()["failed_expectations"]
+        assert any(
+            "fct_demand_15min_days: expect_column_values_to_be_between(requests_vs_reference)" in f for f in failed
+        )
+
+        con.execute(
+            "UPDATE main.fct_demand_15min SET requests = requests / 10 WHERE CAST(bucket_start AS DATE) = ?", [last]
+        )
+        con.execute(
+            "DELETE FROM main.fct_demand_15min WHERE hex_id = 'a' AND bucket_start = ?",
+            [datetime.combine(last, datetime.min.time())],
+        )
+        con.execute(
+            "UPDATE main.fct_demand_15min SET acceptance_rate = 1.5, unfulfilled = -1 "
+            "WHERE hex_id = 'b' AND CAST(bucket_start AS DATE) = ?",
+            [last],
+        )
+        failed = " ".join(checks.facts(con, settings, [last]).metadata()["failed_expectations"])
+        assert "expect_table_row_count_to_equal" in failed
+        assert "expect_column_values_to_be_between(acceptance_rate)" in failed
+        assert "expect_column_values_to_be_between(unfulfilled)" in failed
+
+
+def forecast_frame(n: int = 200) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    mean = rng.gamma(2, 1, n)
+    return pd.DataFrame(
+        {
+            "horizon_min": rng.choice([30, 60, 90], n),
+            "mean": mean,
+            "p10": np.floor(mean * 0.5),
+            "p50": np.round(mean),
+            "p90": np.ceil(mean * 2),
+        }
+    )
+
+
+def test_forecast_suite_orders_quantiles():
+    settings = PulseSettings()
+    assert checks.forecasts(forecast_frame(), settings, [], "test").success
+    bad = forecast_frame()
+    bad.loc[:9, "p90"] = bad.loc[:9, "p50"] - 1
+    bad.loc[10:14, "p10"] = -1.0
+    failed = checks.forecasts(bad, settings, [], "test").metadata()["failed_expectations"]
+    assert any("a_to_be_greater_than_b(p90 vs p50)" in f for f in failed)
+    assert any("expect_column_values_to_be_between(p10)" in f for f in failed)
+
+
+def test_training_set_suite():
+    rng = np.random.default_rng(4)
+    settings = PulseSettings()
+    n = 500
+    sample = pd.DataFrame({f: rng.poisson(2, n).astype(float) for f in FEATURE_NAMES})
+    sample["hour_of_day"], sample["minute_of_day"], sample["day_of_week"] = 8.0, 480.0, 2.0
+    sample["price_conversion"], sample["acceptance_rate"] = 0.5, 0.9
+    sample["hex_id"] = rng.choice(["a", "b"], n)
+    sample["service_type"] = rng.choice([1, 2], n)
+    start = pd.Timestamp("2026-10-26", tz="UTC")
+    sample["event_timestamp"] = start + pd.to_timedelta(rng.integers(1, 96 * 5, n) * 15, unit="min")
+    for h in settings.horizons:
+        sample[f"target_{h}"] = rng.poisson(2, n).astype(float)
+    end = start + pd.Timedelta(days=5)
+    ok = checks.training_set(sample, settings, ["a", "b"], start.to_pydatetime(), end.to_pydatetime())
+    assert ok.success, ok.metadata()["failed_expectations"]
+    bad = sample.drop(columns=["target_90"]).assign(requests=-1.0)
+    failed = checks.training_set(bad, settings, ["a"], start.to_pydatetime(), end.to_pydatetime()).metadata()
+    text = " ".join(failed["failed_expectations"])
+    assert "expect_column_values_to_be_between(requests)" in text
+    assert "expect_column_values_to_be_in_set(hex_id)" in text
+    assert "training_targets: expect_column_distinct_values_to_equal_set(horizon_min)" in text

@@ -1,0 +1,111 @@
+"""Fault injection on the quality city (tests/conftest.py): a faulty day lands, the landing sensor loads it, the
+right check stops the run, no retrain is requested, the champion stays, and the good days keep every row."""
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from pulse import registry
+
+FAULT_DAY = 7
+
+
+def swap_coordinates(df: pd.DataFrame) -> pd.DataFrame:
+    """30% of the requests with latitude and longitude swapped (a collector's column mix-up)."""
+    df = df.copy()
+    rows = np.random.default_rng(7).random(len(df)) < 0.3
+    df.loc[rows, ["pickup_lat", "pickup_lng"]] = df.loc[rows, ["pickup_lng", "pickup_lat"]].to_numpy()
+    return df
+
+
+def duplicate_events(df: pd.DataFrame) -> pd.DataFrame:
+    """A quarter of the events delivered twice (a replayed batch)."""
+    return pd.concat([df, df.sample(frac=0.25, random_state=7)], ignore_index=True)
+
+
+def drop_status(df: pd.DataFrame) -> pd.DataFrame:
+    """An optional column the feed always carried disappears."""
+    return df.drop(columns=["status"])
+
+
+def drop_pickup_lng(df: pd.DataFrame) -> pd.DataFrame:
+    """A required column disappears."""
+    return df.drop(columns=["pickup_lng"])
+
+
+def demand_times_ten(df: pd.DataFrame) -> pd.DataFrame:
+    """Every request ten times, with new ids, seconds apart inside the same day."""
+    copies = []
+    for k in range(10):
+        c = df.copy()
+        c["request_id"] = c["request_id"] + f"-x{k}"
+        shifted = c["requested_at"] + pd.Timedelta(seconds=k)
+        same_day = shifted.dt.floor("D") == c["requested_at"].dt.floor("D")
+        c["requested_at"] = shifted.where(same_day, c["requested_at"] - pd.Timedelta(seconds=k))
+        copies.append(c)
+    return pd.concat(copies, ignore_index=True)
+
+
+# (fault, failing step or check, expectation the failure names). Demand ×10 last: it writes the day's facts.
+FAULTS = [
+    (swap_coordinates, "raw/ride_requests:great_expectations", "expect_column_values_to_be_between(pickup_lat)"),
+    (duplicate_events, "raw/ride_requests:great_expectations", "ingest_summary: expect_column_values_to_be_between"),
+    (drop_status, "raw/ride_requests:great_expectations", "proportion_of_non_null_values_to_be_between(status)"),
+    (drop_pickup_lng, "step raw__ride_requests", "lacks required column(s) ['pickup_lng']"),
+    (demand_times_ten, "fct_demand_15min:great_expectations", "fct_demand_15min_days: expect_column_values"),
+]
+
+
+def snapshot(settings, before_day) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        out = {
+            t: con.execute(f"SELECT * FROM main.{t} WHERE bucket_start < ? ORDER BY ALL", [before_day]).fetchall()
+            for t in ("fct_demand_15min", "fct_supply_15min", "fct_demand_features_15min")
+        }
+        out["raw"] = con.execute(
+            "SELECT event_date, count(*) FROM raw.ride_requests WHERE event_date < ? GROUP BY 1 ORDER BY 1",
+            [before_day],
+        ).fetchall()
+    return out
+
+
+def failure_of(result: dg.ExecuteInProcessResult, where: str) -> str:
+    """The text of the failed check evaluation (metadata included) or step failure named by ``where``."""
+    for event in result.all_events:
+        if where.startswith("step ") and event.event_type_value == "STEP_FAILURE" and event.step_key == where[5:]:
+            return str(event.event_specific_data.error)
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            key = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            if key == where and not evaluation.passed:
+                return str(evaluation.metadata) + str(evaluation.description)
+    return ""
+
+
+@pytest.mark.parametrize(("fault", "caught_by", "names"), FAULTS, ids=[f[0].__name__ for f in FAULTS])
+def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, names):
+    city, settings = quality, quality.settings
+    day = city.day(FAULT_DAY)
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    challenger = registry.alias_version(settings, registry.CHALLENGER)
+    good = snapshot(settings, day)
+    city.tick("landing_sensor")
+    city.tick("retrain_sensor")
+
+    city.land(FAULT_DAY, ride_requests=fault)
+    tick = city.tick("landing_sensor")
+    assert [r.partition_key for r in tick.run_requests] == [day.isoformat()]
+    result = city.launch(tick.run_requests[0])
+    assert not result.success
+    message = failure_of(result, caught_by)
+    assert names in message, f"{caught_by} did not fail on {fault.__name__}: {message[:2000]}"
+    # Blocked downstream: nothing reached Feast, drift or training for the day.
+    done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
+    assert not city.tick("retrain_sensor").run_requests
+    assert registry.alias_version(settings, registry.CHAMPION) == champion
+    assert registry.alias_version(settings, registry.CHALLENGER) == challenger
+    assert snapshot(settings, day) == good, "rows of the good days changed"
+    assert len(good["raw"]) >= 5 and all(n > 1000 for _, n in good["raw"])

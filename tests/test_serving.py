@@ -1,0 +1,545 @@
+"""The forecast API on the tiny city's real pipeline output: every endpoint, every fault provoked for real
+(a cell's online rows deleted, a cell's features aged, the online store file deleted, the registry on a
+closed port or stopped mid-run), auth, a champion swapped in while requests run, and a property-based run
+of the OpenAPI spec."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import h3
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
+
+from pulse.settings import MODEL_NAME, PulseSettings
+from serving.app import create_app
+
+KEYS = ("key-alpha-7f3b", "key-beta-91c2")
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pristine(tiny_city, tmp_path_factory) -> Path:
+    """A copy of the tiny city's serving inputs (Feast, MLflow, model cache) that tests may damage copies of."""
+    home = tmp_path_factory.mktemp("serving_home")
+    for part in ("feast", "mlflow", "model_cache"):
+        if (tiny_city / part).exists():
+            shutil.copytree(tiny_city / part, home / part)
+    return home
+
+
+@pytest.fixture
+def home(pristine, tmp_path) -> Path:
+    target = tmp_path / "home"
+    shutil.copytree(pristine, target)
+    return target
+
+
+@pytest.fixture(autouse=True)
+def fast_mlflow_failures(monkeypatch):
+    # What the server sets for itself; set here so the test process gets its environment back afterwards.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def make_settings(home: Path, **overrides) -> PulseSettings:
+    base = {"feature_refresh_seconds": 3600, "model_poll_seconds": 30, "store_grace_seconds": 0}
+    return PulseSettings(home=home, **{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def client(pristine):
+    """One app with API keys on the untouched copy, for the tests that only read."""
+    app = create_app(make_settings(pristine, api_keys=",".join(KEYS)))
+    with TestClient(app, headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cells(client) -> list[str]:
+    return [c["hex_id"] for c in client.get("/v1/cells", params={"service_type": 1}).json()["cells"]]
+
+
+def newest_feature_ts(home: Path) -> datetime:
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        files = home / "feast" / "offline" / "demand_features" / "*.parquet"
+        return con.execute(f"SELECT max(feature_ts) FROM read_parquet('{files}')").fetchone()[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- endpoints --------------------------------------------------------------------------------------------
+def test_forecast_has_supply_surge_and_explanation(client, cells, pristine):
+    elasticity = client.app.state.settings.surge_elasticity
+    newest = newest_feature_ts(pristine)
+    explained = 0
+    for service_type in (1, 2):
+        for hex_id in cells:
+            r = client.get("/v1/forecast", params={"hex_id": hex_id, "service_type": service_type})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["source"] == "model" and body["degraded"] is False and body["degraded_reason"] is None
+            assert datetime.fromisoformat(body["origin"]) == newest == datetime.fromisoformat(body["feature_timestamp"])
+            assert [f["horizon_min"] for f in body["forecasts"]] == [30, 60, 90]
+            for f in body["forecasts"]:
+                assert 0 <= f["p10"] <= f["p50"] <= f["p90"]
+                target = datetime.fromisoformat(f["target_start"])
+                assert target == newest + timedelta(minutes=f["horizon_min"] - 15)
+                assert f["expected_supply"] is not None and f["expected_supply"] >= 0  # the tiny city has pings
+                if f["expected_supply"] == 0:
+                    expected = 3.5 if f["mean"] > 0 else 1.0  # no idle driver: the cap
+                else:
+                    expected = 1 + min(2.5, f["mean"] / (f["expected_supply"] * elasticity))
+                assert f["surge"] == pytest.approx(expected, abs=2e-3)
+                assert f["explanation"]
+                for factor in f["factors"]:
+                    assert factor["text"].endswith("vs usual for this time") and abs(factor["effect_pct"]) >= 5
+                explained += bool(f["factors"])
+    assert explained > 0, "no forecast carried a feature contribution"
+
+    r = client.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1, "horizons": "60"})
+    assert [f["horizon_min"] for f in r.json()["forecasts"]] == [60]
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "words"),
+    [
+        ({"hex_id": "not-a-cell", "service_type": 1}, 422, "not a valid H3"),
+        ({"hex_id": "WRONG_RES", "service_type": 1}, 422, "resolution"),
+        ({"hex_id": "CELL", "service_type": 9}, 422, "unknown service type"),
+        ({"hex_id": "CELL", "service_type": 1, "horizons": "20"}, 422, "multiples of 15"),
+        ({"hex_id": "CELL", "service_type": 1, "horizons": "120"}, 422, "beyond the model"),
+        ({"hex_id": "CELL", "service_type": 1, "horizons": "30,abc"}, 422, "comma-separated"),
+        ({"hex_id": "CELL", "service_type": 1, "horizons": ""}, 422, "no horizon"),
+        ({"hex_id": "CELL", "service_type": "x"}, 422, ""),
+        ({"hex_id": "OUTSIDE", "service_type": 1}, 404, "not an active cell"),
+    ],
+)
+def test_forecast_rejects_bad_input(client, cells, params, status, words):
+    swap = {"CELL": cells[0], "WRONG_RES": h3.cell_to_parent(cells[0], 7), "OUTSIDE": h3.latlng_to_cell(0, 0, 8)}
+    params = {k: swap.get(v, v) if isinstance(v, str) else v for k, v in params.items()}
+    r = client.get("/v1/forecast", params=params)
+    assert r.status_code == status, r.text
+    assert words in str(r.json()["detail"])
+
+
+def test_batch_matches_single_forecasts(client, cells):
+    items = [{"hex_id": h, "service_type": s} for s in (1, 2) for h in cells]
+    outside = {"hex_id": h3.latlng_to_cell(0, 0, 8), "service_type": 1}
+    r = client.post("/v1/forecast/batch", json={"items": [*items, outside], "horizons": [30, 90]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["unknown"] == [outside]
+    assert [(f["hex_id"], f["service_type"]) for f in body["forecasts"]] == [
+        (i["hex_id"], i["service_type"]) for i in items
+    ]
+    single = client.get("/v1/forecast", params={"hex_id": cells[3], "service_type": 2, "horizons": "30,90"}).json()
+    assert body["forecasts"][len(cells) + 3] == single
+
+    bad = client.post("/v1/forecast/batch", json={"items": [items[0], {"hex_id": "zz", "service_type": 1}]})
+    assert bad.status_code == 422 and "items[1]" in bad.json()["detail"]
+    assert client.post("/v1/forecast/batch", json={"items": items, "horizons": [45]}).status_code == 422
+
+
+def test_batch_over_the_limit_is_413(client, cells):
+    limit = client.app.state.settings.batch_limit
+    over = [{"hex_id": cells[i % len(cells)], "service_type": 1} for i in range(limit + 1)]
+    r = client.post("/v1/forecast/batch", json={"items": over})
+    assert r.status_code == 413 and str(limit) in r.json()["detail"]
+    at_limit = client.post("/v1/forecast/batch", json={"items": over[:limit]})
+    assert at_limit.status_code == 200 and len(at_limit.json()["forecasts"]) == limit
+    huge = (
+        b'{"items": ['
+        + b",".join([b'{"hex_id": "%s", "service_type": 1, "pad": "%s"}' % (cells[0].encode(), b"x" * 300)] * limit)
+        + b"]}"
+    )
+    r = client.post("/v1/forecast/batch", content=huge, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413  # refused on Content-Length, before parsing
+
+
+def test_heatmap_has_every_cell_with_p50_and_surge(client, cells):
+    for horizon in (30, 60, 90):
+        r = client.get("/v1/heatmap", params={"service_type": 2, "horizon": horizon})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["horizon_min"] == horizon and body["degraded_cells"] == 0
+        assert sorted(c["hex_id"] for c in body["cells"]) == sorted(cells)
+        one = body["cells"][5]
+        single = client.get("/v1/forecast", params={"hex_id": one["hex_id"], "service_type": 2}).json()
+        (f,) = [f for f in single["forecasts"] if f["horizon_min"] == horizon]
+        assert (one["p50"], one["surge"], one["mean"]) == (f["p50"], f["surge"], f["mean"])
+    assert client.get("/v1/heatmap", params={"service_type": 1, "horizon": 45}).status_code == 422
+    assert client.get("/v1/heatmap", params={"service_type": 7}).status_code == 422
+
+
+def test_recommendations_spread_drivers_within_forecast_gaps(client, cells):
+    settings = client.app.state.settings
+    busiest = max(
+        cells,
+        key=lambda c: client.get("/v1/forecast", params={"hex_id": c, "service_type": 1}).json()["forecasts"][0]["p50"],
+    )
+    quiet = [c for c in cells if c != busiest]
+    origin = h3.grid_disk(busiest, 2)[-1] if h3.grid_disk(busiest, 2)[-1] in quiet else quiet[-1]
+    r = client.get("/v1/recommendations", params={"hex_id": origin, "service_type": 1, "drivers": 200})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    moves = body["moves"]
+    assert moves, body
+    assert sum(m["drivers"] for m in moves) + body["drivers_staying"] == 200
+    assert len(moves) > 1, "a large cohort should spread across targets"
+    gains = [m["expected_gain"] for m in moves]
+    assert gains == sorted(gains, reverse=True)
+    for m in moves:
+        assert 1 <= m["drivers"] <= m["forecast_gap"]
+        assert 0 < h3.grid_distance(origin, m["target_hex_id"]) <= settings.reposition_max_k
+        assert m["eta_min"] == pytest.approx(m["distance_km"] / settings.driver_speed_kmh * 60, abs=0.06)
+        assert 0 < m["confidence"] <= 1 and m["expected_gain"] > 0
+        assert m["surge_delta"] is not None and m["supply_known"]
+        target = client.get("/v1/forecast", params={"hex_id": m["target_hex_id"], "service_type": 1}).json()
+        (f,) = [f for f in target["forecasts"] if f["horizon_min"] == m["horizon_min"]]
+        assert m["forecast_gap"] == math.floor(f["p50"] - f["expected_supply"])
+
+    one = client.get("/v1/recommendations", params={"hex_id": origin, "service_type": 1, "drivers": 1}).json()
+    assert sum(m["drivers"] for m in one["moves"]) + one["drivers_staying"] == 1
+    for bad in ({"drivers": 0}, {"drivers": 1001}, {"hex_id": "nope"}, {"service_type": 5}):
+        params = {"hex_id": origin, "service_type": 1, "drivers": 3, **bad}
+        assert client.get("/v1/recommendations", params=params).status_code == 422
+    far = {"hex_id": h3.latlng_to_cell(0, 0, 8), "service_type": 1}
+    assert client.get("/v1/recommendations", params=far).status_code == 404
+
+
+def test_model_card(client):
+    r = client.get("/v1/model")
+    assert r.status_code == 200, r.text
+    card = r.json()
+    assert card["name"] == MODEL_NAME and card["alias"] == "champion" and card["version"]
+    assert card["source"] == "registry" and card["feature_service"] == "demand_forecast_v1"
+    assert card["training_window"]["start"] and card["training_window"]["end"]
+    assert card["training_window"]["train_rows"] > 0
+    assert [b["horizon_min"] for b in card["backtest"]] == [30, 60, 90]
+    assert all(0 < b["wape"] < 2 for b in card["backtest"])
+    assert card["promotion_decision"] == "promoted" and card["promotion_reasons"]
+
+
+def test_health_ready_and_metrics_are_open(client, cells):
+    client.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1})
+    bare = TestClient(client.app)  # the same running app, no key
+    assert bare.get("/health").json()["status"] == "ok"
+    ready = bare.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
+    text = bare.get("/metrics").text
+    assert 'pulse_http_requests_total{method="GET",route="/v1/forecast",status="200"}' in text
+    assert 'pulse_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/forecast"}' in text
+    assert "pulse_feature_age_seconds" in text and "pulse_degraded_cells 0.0" in text
+    assert 'pulse_model_info{source="registry",version="' in text
+
+
+# -- auth ----------------------------------------------------------------------------------------------------
+def test_auth_401_without_key_403_with_wrong_key(client, cells, caplog):
+    routes = [
+        ("GET", "/v1/forecast", {"params": {"hex_id": cells[0], "service_type": 1}}),
+        ("POST", "/v1/forecast/batch", {"json": {"items": [{"hex_id": cells[0], "service_type": 1}]}}),
+        ("GET", "/v1/heatmap", {"params": {"service_type": 1}}),
+        ("GET", "/v1/recommendations", {"params": {"hex_id": cells[0], "service_type": 1}}),
+        ("GET", "/v1/model", {}),
+        ("GET", "/v1/cells", {"params": {"service_type": 1}}),
+    ]
+    caplog.set_level(logging.DEBUG)
+    anonymous = TestClient(client.app)  # the same running app, no key
+    for method, path, kw in routes:
+        r = anonymous.request(method, path, **kw)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
+        r = anonymous.request(method, path, headers={"Authorization": "Basic " + KEYS[0]}, **kw)
+        assert r.status_code == 401, path
+        r = anonymous.request(method, path, headers={"Authorization": "Bearer not-a-key"}, **kw)
+        assert r.status_code == 403, path
+        for key in KEYS:
+            r = anonymous.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
+            assert r.status_code == 200, (path, r.text)
+    for open_path in ("/health", "/ready", "/metrics", "/"):
+        assert anonymous.get(open_path).status_code == 200, open_path
+    logged = caplog.text + repr(client.app.state.settings)
+    assert not any(key in logged for key in KEYS), "an API key was logged"
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+# -- faults -------------------------------------------------------------------------------------------------
+def online_entity_keys(home: Path) -> dict[tuple[str, int], bytes]:
+    from feast.infra.key_encoding_utils import deserialize_entity_key
+
+    with sqlite3.connect(home / "feast" / "online.db") as con:
+        (table,) = [
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%15min'")
+        ]
+        blobs = [r[0] for r in con.execute(f"SELECT DISTINCT entity_key FROM {table}")]
+    out = {}
+    for blob in blobs:
+        key = deserialize_entity_key(blob, entity_key_serialization_version=3)
+        values = dict(zip(key.join_keys, key.entity_values, strict=True))
+        out[(values["hex_id"].string_val, values["service_type"].int64_val)] = blob
+    return out
+
+
+def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells):
+    victim = (cells[2], 1)
+    blob = online_entity_keys(home)[victim]
+    with sqlite3.connect(home / "feast" / "online.db") as con:
+        (table,) = [
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%15min'")
+        ]
+        assert con.execute(f"DELETE FROM {table} WHERE entity_key = ?", (blob,)).rowcount > 0
+    with TestClient(create_app(make_settings(home))) as c:
+        r = c.get("/v1/forecast", params={"hex_id": victim[0], "service_type": 1})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["degraded"] is True and body["source"] == "climatology"
+        assert "no online features" in body["degraded_reason"] and body["feature_timestamp"] is None
+        newest = newest_feature_ts(home)
+        assert datetime.fromisoformat(body["origin"]) == newest
+        for f in body["forecasts"]:
+            assert f["surge"] is None and f["expected_supply"] is None and "fallback" in f["explanation"]
+            assert f["p10"] <= f["p50"] <= f["p90"]
+        # The climatology mean: same slot of the week over the offline history (the tiny city has < 1 week,
+        # so the same time of day on the other days).
+        import duckdb
+
+        target = datetime.fromisoformat(body["forecasts"][0]["target_start"])
+        files = home / "feast" / "offline" / "demand_features" / "*.parquet"
+        with duckdb.connect() as con:
+            con.execute("SET TimeZone = 'UTC'")
+            mean = con.execute(
+                f"""SELECT avg(requests) FROM read_parquet('{files}') WHERE hex_id = ? AND service_type = 1
+                    AND strftime(feature_ts - INTERVAL 15 MINUTE, '%H:%M') = ?""",
+                [victim[0], target.strftime("%H:%M")],
+            ).fetchone()[0]
+        assert body["forecasts"][0]["mean"] == pytest.approx(mean, abs=1e-3)
+        assert c.get("/v1/forecast", params={"hex_id": victim[0], "service_type": 2}).json()["degraded"] is False
+        ready = c.get("/ready").json()
+        assert ready["ready"] is True and ready["degraded_cells"] == 1 and "1 cells degraded" in ready["reasons"][0]
+        assert c.get("/v1/heatmap", params={"service_type": 1}).json()["degraded_cells"] == 1
+        assert (
+            c.get("/v1/recommendations", params={"hex_id": victim[0], "service_type": 1, "drivers": 3}).status_code
+            == 200
+        )
+
+
+def test_aged_features_for_a_cell_are_stale(home, cells):
+    from pulse.feature_store import open_store
+    from pulse.features import FEATURE_VIEW
+
+    victim = cells[4]
+    newest = newest_feature_ts(home)
+    files = home / "feast" / "offline" / "demand_features" / "*.parquet"
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        old = con.execute(
+            f"SELECT * FROM read_parquet('{files}') WHERE hex_id = ? AND service_type = 2 AND feature_ts = ?",
+            [victim, newest - timedelta(hours=3)],
+        ).df()
+    assert len(old) == 1
+    settings = make_settings(home)
+    open_store(settings).write_to_online_store(FEATURE_VIEW, old)  # the cell's row is now 3 hours old
+    with TestClient(create_app(settings)) as c:
+        body = c.get("/v1/forecast", params={"hex_id": victim, "service_type": 2}).json()
+        assert body["degraded"] is True and "180 min older than the newest" in body["degraded_reason"]
+        assert c.get("/v1/forecast", params={"hex_id": victim, "service_type": 1}).json()["degraded"] is False
+    with TestClient(create_app(make_settings(home, max_feature_age_minutes=240))) as c:  # within the limit
+        body = c.get("/v1/forecast", params={"hex_id": victim, "service_type": 2}).json()
+        assert body["degraded"] is False
+        assert datetime.fromisoformat(body["origin"]) == newest - timedelta(hours=3)
+
+
+def test_wall_clock_check_degrades_a_lagging_store(pristine, cells):
+    newest = newest_feature_ts(pristine)
+    now = {"t": newest + timedelta(minutes=10)}
+    app = create_app(make_settings(pristine, max_store_lag_minutes=60), clock=lambda: now["t"])
+    with TestClient(app) as c:
+        assert c.get("/ready").status_code == 200
+        assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()["degraded"] is False
+        now["t"] = newest + timedelta(hours=2, minutes=7)  # the pipeline stopped two hours ago
+        app.state.serving.refresh_features()
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "behind the clock" in " ".join(ready.json()["reasons"])
+        body = c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()
+        assert body["degraded"] is True and "behind the clock" in body["degraded_reason"]
+        assert datetime.fromisoformat(body["origin"]) == newest + timedelta(hours=2)  # the clock's bucket
+        assert "pulse_feature_age_seconds 7620.0" in c.get("/metrics").text
+
+
+def test_online_store_deleted_while_serving_and_at_start(home, cells):
+    with TestClient(create_app(make_settings(home))) as c:
+        assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()["degraded"] is False
+        (home / "feast" / "online.db").unlink()
+        c.app.state.serving.refresh_features()  # what the background refresher does every few seconds
+        ready = c.get("/ready")
+        assert ready.status_code == 503
+        assert "online store unreachable" in ready.json()["reasons"][0] and "climatology" in ready.json()["reasons"][0]
+        for hex_id in cells:
+            r = c.get("/v1/forecast", params={"hex_id": hex_id, "service_type": 2})
+            assert r.status_code == 200 and r.json()["degraded"] is True, r.text
+            assert "online store unreachable" in r.json()["degraded_reason"]
+        heat = c.get("/v1/heatmap", params={"service_type": 1}).json()
+        assert heat["degraded_cells"] == len(cells)
+        assert "pulse_online_store_up 0.0" in c.get("/metrics").text
+    (home / "feast" / "online.db").unlink(missing_ok=True)
+    with TestClient(create_app(make_settings(home))) as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/ready").status_code == 503
+        r = c.get("/v1/forecast", params={"hex_id": cells[1], "service_type": 1})
+        assert r.status_code == 200 and r.json()["degraded"] is True
+
+
+def test_store_failure_within_grace_keeps_last_snapshot(home, cells):
+    with TestClient(create_app(make_settings(home, store_grace_seconds=600))) as c:
+        (home / "feast" / "online.db").unlink()
+        c.app.state.serving.refresh_features()
+        assert c.get("/ready").status_code == 503
+        assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()["degraded"] is False
+
+
+def test_registry_on_a_closed_port_at_start_serves_the_cached_champion(home, cells):
+    with TestClient(create_app(make_settings(home))) as c:  # a first start caches the champion
+        version = c.get("/v1/model").json()["version"]
+    closed = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+        assert time.monotonic() - start < 30
+        card = c.get("/v1/model").json()
+        assert card["version"] == version and card["source"] == "cache"
+        assert card["training_window"]["start"] and card["backtest"][0]["wape"]
+        assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()["degraded"] is False
+        ready = c.get("/ready")
+        assert ready.status_code == 200 and "registry" in " ".join(ready.json()["reasons"])
+        assert not c.app.state.serving.poll_model()  # still unreachable: keeps the cached model
+        assert c.get("/v1/model").json()["version"] == version
+
+    shutil.rmtree(home / "model_cache")  # no cache either: climatology for every cell, not ready
+    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and "registry" in ready.json()["reasons"][0]
+        r = c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1})
+        assert r.status_code == 200 and r.json()["degraded"] is True and r.json()["model_version"] is None
+        assert c.get("/v1/model").status_code == 503
+
+
+def test_new_champion_swapped_in_without_restart_then_registry_unreachable(home, cells):
+    """A new version moved to @champion is served within 30 s, no request failing meanwhile; when the registry
+    then sits behind a closed port, the loaded champion keeps serving."""
+    from mlflow import MlflowClient
+
+    settings = make_settings(home, model_poll_seconds=0.5)
+    app = create_app(settings)
+    with TestClient(app) as c:
+        before = c.get("/v1/model").json()
+        assert before["source"] == "registry"
+        failures, versions, stop = [], set(), threading.Event()
+
+        def hammer():
+            i = 0
+            while not stop.is_set():
+                r = c.get("/v1/forecast", params={"hex_id": cells[i % len(cells)], "service_type": 1 + i % 2})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                else:
+                    versions.add(r.json()["model_version"])
+                i += 1
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            registry = MlflowClient(settings.tracking_uri)
+            old = registry.get_model_version(MODEL_NAME, before["version"])
+            logged_model = old.source.removeprefix("models:/")  # MLflow 3: versions point at logged models
+            new = registry.create_model_version(MODEL_NAME, old.source, run_id=old.run_id, model_id=logged_model)
+            new_version = str(new.version)
+            registry.set_registered_model_alias(MODEL_NAME, "champion", new_version)
+            moved = time.monotonic()
+            while c.get("/v1/model").json()["version"] != new_version:
+                assert time.monotonic() - moved < 30, "new champion not picked up within 30 s"
+                time.sleep(0.2)
+            while new_version not in versions and time.monotonic() - moved < 40:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            worker.join()
+        assert not failures, failures[:3]
+        assert versions == {before["version"], new_version}
+        info = f'pulse_model_info{{source="registry",version="{new_version}"}}'
+        assert info in c.get("/metrics").text
+
+        state = app.state.serving
+        state.settings = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+        assert not state.poll_model()  # what the background poller does every model_poll_seconds
+        card = c.get("/v1/model").json()
+        assert card["version"] == new_version and "registry poll failed" in card["registry_error"]
+        assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).status_code == 200
+        assert c.get("/ready").status_code == 200
+        assert "pulse_registry_up 0.0" in c.get("/metrics").text
+
+
+# -- the OpenAPI spec, property-based -----------------------------------------------------------------------
+# The spec comes from an app that is built but never started (nothing loads before the lifespan runs); the
+# generated requests go over HTTP to a started app on the tiny city. (schemathesis.pytest.from_fixture does
+# not work with pytest 9, and from_asgi would start the app's lifespan by itself.)
+schema = schemathesis.openapi.from_dict(create_app(PulseSettings(home=Path("/spec-only"))).openapi())
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def spec_server(pristine):
+    with live_server(create_app(make_settings(pristine, api_keys=",".join(KEYS)))) as url:
+        yield url
+
+
+@schema.parametrize()
+@hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_openapi_no_server_errors(spec_server, case):
+    """Generated requests (valid and invalid) against every operation: never a 5xx, and status codes, content
+    types and bodies as the spec documents them. A schema-valid request may still be refused with 422: the spec
+    cannot say which strings are H3 cells of this city or which service types exist."""
+    case.call_and_validate(
+        base_url=spec_server, headers=AUTH, excluded_checks=[schemathesis.checks.positive_data_acceptance]
+    )
