@@ -80,7 +80,7 @@ def start_redis(folder: Path, port: int) -> Service:
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
          "--appendonly", "no", "--protected-mode", "yes"],
-        stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT,
+        stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open)
     )  # fmt: skip
     _wait(lambda: _port_open(port), f"redis on :{port}")
     return Service("redis", port, proc)
@@ -103,7 +103,7 @@ def start_postgres(folder: Path, port: int) -> Service:
     proc = subprocess.Popen(
         _as_postgres([pg_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
                       "-c", "listen_addresses=127.0.0.1"]),
-        stdout=open(folder.parent / f"postgres-{port}.log", "ab"), stderr=subprocess.STDOUT,
+        stdout=open(folder.parent / f"postgres-{port}.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open)
     )  # fmt: skip
     _wait(lambda: _port_open(port), f"postgres on :{port}")
     for db in PG_DATABASES:
@@ -124,7 +124,7 @@ def start_mlflow(folder: Path, port: int, pg_port: int) -> Service:
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", postgres_uri(pg_port, "mlflow"),
          "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=open(folder / "mlflow-server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(folder / "mlflow-server.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open) start_new_session=True,
     )  # fmt: skip
     _wait(lambda: _port_open(port), f"mlflow server on :{port}", timeout=90)
     return Service("mlflow", port, proc)
