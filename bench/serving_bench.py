@@ -172,6 +172,7 @@ class Server:
             except Exception:  # not up yet
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"{factory} did not become ready; see {self.log.name}")
             time.sleep(0.5)
 
