@@ -32,6 +32,7 @@ import pandas as pd
 
 from pulse import metrics
 from pulse.features import FEATURES
+from pulse.ingest import transaction
 from pulse.settings import PulseSettings
 
 Severity = Literal["none", "moderate", "severe"]
@@ -427,8 +428,7 @@ def save_input_drift(con, result: DayDrift) -> None:
         + (f.severity, f.reason)
         for f in result.features
     ]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM monitoring.feature_drift WHERE day = ?", [result.day])
         con.execute("DELETE FROM monitoring.drift_days WHERE day = ? AND kind = 'input'", [result.day])
         if rows:
@@ -437,10 +437,6 @@ def save_input_drift(con, result: DayDrift) -> None:
             "INSERT INTO monitoring.drift_days VALUES (?, ?, 'input', ?, ?, ?)",
             [result.day, result.champion_version, result.input_severity, json.dumps(result.reasons()), _now()],
         )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def save_model_drift(con, result: DayDrift) -> None:
@@ -458,8 +454,7 @@ def save_model_drift(con, result: DayDrift) -> None:
         )
     model_severity = worst([result.prediction_severity, result.performance_severity])
     reasons = [r for r in result.reasons() if not r.startswith("input ")]
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM monitoring.model_drift WHERE day = ?", [result.day])
         con.execute("DELETE FROM monitoring.drift_days WHERE day = ? AND kind = 'model'", [result.day])
         if rows:
@@ -468,10 +463,6 @@ def save_model_drift(con, result: DayDrift) -> None:
             "INSERT INTO monitoring.drift_days VALUES (?, ?, 'model', ?, ?, ?)",
             [result.day, result.champion_version, model_severity, json.dumps(reasons), _now()],
         )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def unresolved_severe_input_drift(con, days: list[date]) -> dict[date, list[str]]:

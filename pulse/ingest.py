@@ -7,6 +7,8 @@ are inserted, in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -151,6 +153,18 @@ def connect(settings: PulseSettings) -> duckdb.DuckDBPyConnection:
     return con
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Everything inside commits together or not at all: a partition is never half replaced."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every raw table, empty, so a city with only trip logs still has the tables dbt reads."""
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
@@ -252,23 +266,19 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         con.register("_hexes", _hexes)
         hex_col, hex_join = ", h.hex_id", "JOIN _hexes h USING (_row)"
 
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
-        accepted = con.execute(
-            f"INSERT INTO raw.{table} BY NAME SELECT {names}{hex_col}, DATE '{day}' AS event_date "
-            f"FROM _checked {hex_join} WHERE _reason IS NULL ORDER BY _row"
-        ).fetchone()[0]
-        con.execute("DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ?", [table, day])
-        con.execute(
-            "INSERT INTO raw.quarantine SELECT ?, ?, q._reason, to_json(l) "
-            "FROM _checked q JOIN _landing l USING (_row) WHERE q._reason IS NOT NULL",
-            [table, day],
-        )
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
+            accepted = con.execute(
+                f"INSERT INTO raw.{table} BY NAME SELECT {names}{hex_col}, DATE '{day}' AS event_date "
+                f"FROM _checked {hex_join} WHERE _reason IS NULL ORDER BY _row"
+            ).fetchone()[0]
+            con.execute("DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ?", [table, day])
+            con.execute(
+                "INSERT INTO raw.quarantine SELECT ?, ?, q._reason, to_json(l) "
+                "FROM _checked q JOIN _landing l USING (_row) WHERE q._reason IS NOT NULL",
+                [table, day],
+            )
     finally:
         if c.lat_col:
             con.unregister("_hexes")

@@ -125,6 +125,12 @@ def candidate_version(instance: dg.DagsterInstance) -> tuple[str, str]:
     return str(meta["model_version"].value), str(meta["mlflow_run_id"].value)
 
 
+def candidate_frame(context: dg.AssetCheckExecutionContext, settings, artifact: str):
+    """(version, run id, frame) of a table the newest candidate's MLflow run logged; frame None when absent."""
+    version, run_id = candidate_version(context.instance)
+    return version, run_id, drift.load_run_frame(settings, run_id, artifact)
+
+
 @dg.asset_check(
     asset=CANDIDATE,
     name="gx_training_set",
@@ -133,8 +139,7 @@ def candidate_version(instance: dg.DagsterInstance) -> tuple[str, str]:
 )
 def training_set_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
     settings = pulse.settings()
-    version, run_id = candidate_version(context.instance)
-    sample = drift.load_run_frame(settings, run_id, drift.TRAINING_SAMPLE_ARTIFACT)
+    version, run_id, sample = candidate_frame(context, settings, drift.TRAINING_SAMPLE_ARTIFACT)
     if sample is None:
         return dg.AssetCheckResult(
             passed=False, metadata={"model_version": version}, description="the run logged no training sample"
@@ -160,8 +165,7 @@ def training_set_check(context: dg.AssetCheckExecutionContext, pulse: PulseResou
 )
 def candidate_forecasts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
     settings = pulse.settings()
-    version, run_id = candidate_version(context.instance)
-    holdout = drift.load_run_frame(settings, run_id, drift.HOLDOUT_ARTIFACT)
+    version, run_id, holdout = candidate_frame(context, settings, drift.HOLDOUT_ARTIFACT)
     if holdout is None:
         return dg.AssetCheckResult(
             passed=False, metadata={"model_version": version}, description="the run logged no held-out rows"
