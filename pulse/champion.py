@@ -63,6 +63,12 @@ def champion_version(settings: PulseSettings) -> str:
     return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
 
 
+def poll_champion_version(settings: PulseSettings) -> str:
+    """:func:`champion_version` for a long-lived poller process: it fails fast, and keeps that setting."""
+    configure_client(settings)
+    return champion_version(settings)
+
+
 def load_champion(settings: PulseSettings) -> tuple[LoadedModel, ModelInfo]:
     """The champion from the registry, else the last good one from the cache; raises RegistryUnavailable."""
     try:

@@ -3,12 +3,14 @@
 Requests read one immutable :class:`View` (model + forecast table + cached JSON); the background refreshers
 build a new one and swap the reference, so a request never sees half of an update and never waits for one.
 
-* Features: every ``feature_refresh_seconds`` one bulk ``get_online_features`` call for all served cells.
+* Features: every ``feature_refresh_seconds`` one bulk ``get_online_features`` call for all served cells,
+  run in the background child process (:mod:`serving.background`) so its Python never holds this GIL.
   When the store fails, the last snapshot keeps serving for ``store_grace_seconds``; after that every cell
   gets the climatology fallback, and ``/ready`` says why from the first failure on.
-* Model: every ``model_poll_seconds`` the version behind ``@champion`` is compared with the loaded one; a new
-  version is loaded and forecast in the background, then swapped in. A failing registry keeps the loaded
-  model. At start, a failing registry means the last good champion from ``PULSE_HOME/model_cache``.
+* Model: every ``model_poll_seconds`` the version behind ``@champion`` (asked in the child process too) is
+  compared with the loaded one; a new version is loaded and forecast in the background, then swapped in. A
+  failing registry keeps the loaded model. At start, a failing registry means the last good champion from
+  ``PULSE_HOME/model_cache``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pulse.forecast_table import CellForecast, ForecastTable, build_table, refer
 from pulse.online_snapshot import FeatureSnapshot, read_online_features
 from pulse.registry import LoadedModel
 from pulse.settings import PulseSettings
-from serving import schemas
+from serving import background, schemas
 
 log = logging.getLogger("pulse.serving")
 Clock = Callable[[], datetime]
@@ -201,13 +203,13 @@ class ServingState:
     def refresh_features(self) -> None:
         """Read the online store once; rebuild the view when anything it shows changed."""
         try:
-            snapshot = read_online_features(self.settings, self.entities())
+            snapshot = background.call(read_online_features, self.settings, self.entities())
         except Exception as err:
             self.refresh_errors += 1
             if self.store_error is None:
                 log.error("online store unreachable: %s", err)
                 self.store_failing_since = time.monotonic()
-            self.store_error = f"online store unreachable: {type(err).__name__}: {err}"
+            self.store_error = f"online store unreachable: {background.describe(err)}"
             down_for = time.monotonic() - (self.store_failing_since or 0.0)
             if self.features is not None and down_for >= self.settings.store_grace_seconds:
                 self.features = None  # past the grace period: every cell falls back
@@ -224,11 +226,11 @@ class ServingState:
     def poll_model(self) -> bool:
         """Swap in a new champion if the alias moved; returns True when it did."""
         try:
-            version = champion.champion_version(self.settings)
+            version = background.call(champion.poll_champion_version, self.settings)
         except Exception as err:
             if self.registry_error is None:
                 log.warning("model registry unreachable, keeping v%s: %s", self.model_version, err)
-            self.registry_error = f"registry poll failed: {type(err).__name__}: {err}"
+            self.registry_error = f"registry poll failed: {background.describe(err)}"
             return False
         self.registry_error = None
         if self.model is not None and version == self.model.version:
