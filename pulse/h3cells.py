@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h3
 import numpy as np
+from h3.api import basic_int
 
 
 def cells_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
@@ -20,6 +21,25 @@ def cells_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
     ok = np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0)
     out = np.full(lat.shape, None, dtype=object)
     out[ok] = [h3.latlng_to_cell(a, b, res) for a, b in zip(lat[ok].tolist(), lng[ok].tolist(), strict=True)]
+    return out
+
+
+def cell_ints_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
+    """H3 cell of every point as its 64-bit integer (uint64), 0 where a coordinate is missing or out of range.
+
+    The same cells as :func:`cells_for_points` (the string id is the integer in lower-case hex, which DuckDB
+    writes as ``lower(hex(cell))``) at a quarter less time, and a numpy array with no Python strings in it:
+    building millions of ``str`` objects and converting them to Arrow cost as much as the H3 calls.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    lng = np.asarray(lng, dtype=np.float64)
+    if lat.shape != lng.shape:
+        raise ValueError(f"lat and lng differ in shape: {lat.shape} vs {lng.shape}")
+    ok = np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0)
+    out = np.zeros(lat.shape, dtype=np.uint64)
+    to_cell = basic_int.latlng_to_cell
+    pairs = zip(lat[ok].tolist(), lng[ok].tolist(), strict=True)
+    out[ok] = np.fromiter((to_cell(a, b, res) for a, b in pairs), dtype=np.uint64, count=int(ok.sum()))
     return out
 
 

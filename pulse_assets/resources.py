@@ -3,12 +3,15 @@ every URI the assets use is derived from it, so resources stay the same objects 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
+from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
+from packaging import version
 
 from pulse.settings import PROJECT_ROOT, PulseSettings
 
@@ -38,8 +41,23 @@ class PulseResource(dg.ConfigurableResource):
         return PulseSettings(home=self.home, profile=self.profile, **servers)
 
 
+class PulseDbtCliResource(DbtCliResource):
+    """dagster-dbt's resource without two per-run start-up costs it pays before dbt even starts (measured 7.7 s
+    of a 20 s dbt step): ``dbt --version`` in a subprocess to learn the version, which is the dbt-core
+    installed here (the executable is this environment's), and an in-process dbt adapter with the project's
+    macros loaded, which serves only ``fetch_row_counts`` / ``fetch_column_metadata``; Pulse reads its row
+    counts from the warehouse itself after dbt exits (``pulse_assets.transform.row_counts``)."""
+
+    @cached_property
+    def _cli_version(self) -> version.Version:
+        return version.parse(importlib.metadata.version("dbt-core"))
+
+    def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001, ANN202 (dagster-dbt's signature)
+        return None
+
+
 def dbt_cli() -> DbtCliResource:
-    return DbtCliResource(
+    return PulseDbtCliResource(
         project_dir=dbt_project,
         profiles_dir=str(dbt_project.project_dir),
         # The dbt of this environment, whether or not the venv is on PATH.

@@ -1,8 +1,14 @@
 """Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt as vars."""
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -23,6 +29,11 @@ class PulseDbtTranslator(DagsterDbtTranslator):
         return meta
 
 
+# Every data test runs on every partition; dbt's unit tests (SQL logic on fixed fixtures, the same answer for
+# every partition, ~1 s per run) run where the SQL changes: `make test` (tests/test_dbt_project.py).
+BUILD_ARGS = ["build", "--exclude-resource-type", "unit_test"]
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
@@ -34,16 +45,25 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     """Build staging views and the incremental 15-minute marts for the run's window, then run dbt tests."""
     settings = pulse.settings()
     start, end = partition_window(context)
+    # Only what stays the same from run to run goes in --vars: changed --vars make dbt re-parse the whole
+    # project (~4 s). The window goes through the environment, read by macros/window.sql when executing.
     dbt_vars = {
-        "start": start.isoformat(sep=" "),
-        "end": end.isoformat(sep=" "),
         "service_types": list(settings.service_types),
         "min_cell_requests": settings.min_cell_requests,
         "timezone": settings.timezone,  # weekly/daily lookbacks follow the city's clock
     }
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
+    window = {"PULSE_DBT_WINDOW_START": start.isoformat(sep=" "), "PULSE_DBT_WINDOW_END": end.isoformat(sep=" ")}
+    saved_parse = _saved_parse_path(settings.warehouse_path)
+    target = dbt_project.project_dir / "target" / f"dbt_models-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
+    if saved_parse.exists():  # dagster-dbt copies the project's own parse only where none is present yet
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved_parse, target / "partial_parse.msgpack")
+    with _environment(window):  # the dbt subprocess copies the environment when it starts
+        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars)], context=context, target_path=target)
     # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
-    events = list(dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context).stream())
+    events = list(invocation.stream())
+    _keep_partial_parse(target / "partial_parse.msgpack", saved_parse)
     with ingest.connect(settings) as con:
         for event in events:
             if isinstance(event, dg.Output):
@@ -61,3 +81,40 @@ def row_counts(con, relation: str, start, end) -> dict[str, int]:
             f"SELECT count(*) FROM main.{relation} WHERE bucket_start >= ? AND bucket_start < ?", [start, end]
         ).fetchone()[0]
     return counts
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _saved_parse_path(warehouse: Path) -> Path:
+    """Where the dbt parse of runs against ``warehouse`` is kept: one file per warehouse, since the profile
+    (the warehouse path) is part of what dbt checks before it reuses a parse."""
+    key = hashlib.sha256(str(Path(warehouse).resolve()).encode()).hexdigest()[:16]
+    return dbt_project.project_dir / "target" / "partial_parse" / f"{key}.msgpack"
+
+
+def _keep_partial_parse(source: Path, dest: Path) -> None:
+    """Make this run's parse the one the next run against the same warehouse starts from.
+
+    dagster-dbt gives every invocation its own target folder and dbt writes its parse only there, so
+    without this every run re-parses the whole project (~4 s). Replaced atomically: a concurrent run reads
+    the old or the new file, and dbt itself checks the file hashes before reusing anything in it.
+    """
+    if not source.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial_parse.", suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, dest)

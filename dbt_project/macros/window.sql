@@ -1,13 +1,34 @@
 {#-
-  The partition window handed over by Dagster as vars `start` (inclusive) and `end` (exclusive).
+  The partition window [start, end): `start` inclusive, `end` exclusive.
 
   Both are parsed here once so every model agrees on them: ISO strings with or without a `T`, naive
   (meaning UTC) or with an offset (converted to UTC). They must fall on 15-minute boundaries, since a
   window that cut a bucket in two could not be rewritten exactly.
 -#}
 
+{#-
+  Where the window comes from, first found wins:
+  1. vars `start` / `end` (`dbt build --vars '{"start": ..., "end": ...}'`, unit-test overrides);
+  2. the environment variables PULSE_DBT_WINDOW_START / PULSE_DBT_WINDOW_END, which Dagster sets for each
+     run. They are read only while executing, never while parsing: the window changes on every run, and
+     changed --vars (or a changed env_var seen at parse time) make dbt re-parse the whole project (~4 s),
+     while an unchanged project reuses partial_parse.msgpack;
+  3. "all data" (1970 .. 2100), clamped to the days that have ride requests (see int_cell_buckets_spined).
+-#}
+{% macro _window_var_text(name) %}
+    {%- set defaults = {'start': '1970-01-01 00:00:00', 'end': '2100-01-01 00:00:00'} -%}
+    {%- set given = var(name, none) -%}
+    {%- if given is not none -%}
+        {{ return(given | string) }}
+    {%- endif -%}
+    {%- if execute -%}
+        {{ return(env_var('PULSE_DBT_WINDOW_' ~ (name | upper), defaults[name])) }}
+    {%- endif -%}
+    {{ return(defaults[name]) }}
+{% endmacro %}
+
 {% macro _parse_window_var(name) %}
-    {%- set raw = var(name) | string | trim -%}
+    {%- set raw = _window_var_text(name) | trim -%}
     {%- set text = raw[:-1] ~ '+00:00' if raw.endswith('Z') else raw -%}
     {%- set dt = none -%}
     {%- if text | length == 10 -%}
