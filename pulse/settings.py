@@ -98,6 +98,7 @@ class PulseSettings(BaseSettings):
     model_poll_seconds: float = Field(default=10.0, gt=0, le=30, description="How often alias champion is checked.")
     registry_timeout_seconds: int = Field(default=5, ge=1, description="MLflow HTTP timeout while serving.")
     batch_limit: int = Field(default=5000, ge=1, description="Most cells in one /v1/forecast/batch call (413 above).")
+    forecast_fast_path: bool = Field(default=True, description="Repeated /v1/forecast queries skip FastAPI routing.")
 
     @field_validator("service_types", "horizons", mode="before")
     @classmethod

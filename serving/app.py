@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from pulse.settings import PulseSettings
 from serving.auth import ApiKeyMiddleware, document_bearer_auth
+from serving.fastpath import ForecastFastPath
 from serving.metrics import Metrics, MetricsMiddleware, StateCollector
 from serving.routers import cells, forecast, health, heatmap, livemap, model, recommendations
 from serving.routers.livemap import STATIC_DIR
@@ -103,6 +104,9 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     document_bearer_auth(app)
+    if settings.forecast_fast_path:
+        forecast_route = next(r for r in forecast.router.routes if r.path == "/v1/forecast")
+        app.add_middleware(ForecastFastPath, get_state=lambda: app.state.serving, route=forecast_route)
     app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times auth rejections too
     return app

@@ -35,6 +35,7 @@ from serving import background, schemas
 
 log = logging.getLogger("pulse.serving")
 Clock = Callable[[], datetime]
+MAX_ANSWERS = 100_000  # remembered query strings per view (~2 KB each at most)
 
 
 def forecast_body(cell: CellForecast, model_version: str | None, horizons: tuple[int, ...]) -> schemas.Forecast:
@@ -75,6 +76,7 @@ class View:
     model: LoadedModel | None
     info: champion.ModelInfo | None
     built_at: float = field(default_factory=time.monotonic)
+    answers: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # GET /v1/forecast query → body
     _json: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -94,6 +96,12 @@ class View:
                 return None
             body = self._json[key] = forecast_body(cell, self.model_version, horizons).model_dump_json().encode()
         return body
+
+    def remember_answer(self, query: bytes, body: bytes) -> None:
+        """Keep the body of a validated `GET /v1/forecast` query string (:mod:`serving.fastpath`); capped, so
+        clients varying their query strings cannot grow it without bound."""
+        if len(self.answers) < MAX_ANSWERS:
+            self.answers[query] = body
 
     def by_service(self, service_type: int) -> dict[str, CellForecast]:
         """Cell id → forecast of one service type (the repositioning candidates), built once per view."""

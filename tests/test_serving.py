@@ -255,6 +255,22 @@ def test_health_ready_and_metrics_are_open(client, cells):
     assert 'pulse_model_info{source="registry",version="' in text
 
 
+def test_repeated_forecast_queries_are_answered_by_the_fast_path_until_the_view_changes(home, cells):
+    with TestClient(create_app(make_settings(home, api_keys=KEYS[0])), headers=AUTH) as c:
+        state, query = c.app.state.serving, f"hex_id={cells[0]}&service_type=1"
+        first = c.get(f"/v1/forecast?{query}")
+        assert first.status_code == 200 and state.view.answers == {query.encode(): first.content}
+        again = c.get(f"/v1/forecast?{query}")
+        assert again.content == first.content and again.headers["content-type"] == "application/json"
+        assert TestClient(c.app).get(f"/v1/forecast?{query}").status_code == 401  # auth runs before it
+        assert c.get(f"/v1/forecast?hex_id={cells[0]}&service_type=9").status_code == 422
+        assert list(state.view.answers) == [query.encode()]  # errors are never remembered
+        assert 'pulse_http_requests_total{method="GET",route="/v1/forecast",status="200"} 2.0' in c.get("/metrics").text
+        (home / "feast" / "online.db").unlink()
+        state.refresh_features()  # a new view: the remembered answer goes with the old one
+        assert c.get(f"/v1/forecast?{query}").json()["degraded"] is True
+
+
 # -- auth ----------------------------------------------------------------------------------------------------
 def test_auth_401_without_key_403_with_wrong_key(client, cells, caplog):
     routes = [
