@@ -15,10 +15,14 @@ from datetime import datetime
 import dagster as dg
 import numpy as np
 
-from pulse import backtest, ingest, registry
+from pulse import ingest
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, single_run
 from pulse_assets.resources import PulseResource
 from pulse_assets.training import model_candidate
+
+backtest = lazy_module("pulse.backtest")
+registry = lazy_module("pulse.registry")
 
 
 def _markdown(scores) -> str:

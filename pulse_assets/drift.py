@@ -17,12 +17,17 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import markdown_table
-from pulse import drift, ingest, promotion, registry, training
+from pulse import drift, ingest
 from pulse.features import FEATURE_NAMES
 from pulse.settings import PulseSettings
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.quality import drift_forecast_path
 from pulse_assets.resources import PulseResource
+
+promotion = lazy_module("pulse.promotion")
+registry = lazy_module("pulse.registry")
+training = lazy_module("pulse.training")
 
 REFERENCE_PREDICTION_ROWS = 20_000
 

@@ -24,10 +24,13 @@ import pandas as pd
 
 from expectations import checks
 from expectations.runner import Validation
-from pulse import drift, ingest, promotion
+from pulse import drift, ingest
 from pulse.settings import PulseSettings
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import partition_days
 from pulse_assets.resources import PulseResource
+
+promotion = lazy_module("pulse.promotion")
 
 GX = "great_expectations"
 CANDIDATE = dg.AssetKey(["model", "candidate"])
@@ -236,7 +239,7 @@ def latest_by_day(instance: dg.DagsterInstance, key: dg.AssetCheckKey, limit: in
 
 def check_evidence(
     instance: dg.DagsterInstance, version: str, days: Iterable[date], new_days: Iterable[date]
-) -> promotion.CheckEvidence:
+) -> "promotion.CheckEvidence":
     """Which GX checks failed (or never ran) on the candidate's inputs: every check on raw events and facts for
     the days of its training window (new days must have passed, older ones must not have failed last), and its
     own training-set and forecast checks."""

@@ -3,11 +3,15 @@
 import dagster as dg
 import numpy as np
 
-from pulse import drift, ingest, promotion, training
+from pulse import drift, ingest
 from pulse.settings import MODEL_NAME
 from pulse_assets import quality
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource
+
+promotion = lazy_module("pulse.promotion")
+training = lazy_module("pulse.training")
 
 
 @dg.asset(
