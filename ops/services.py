@@ -3,6 +3,10 @@
 `make services` starts them under PULSE_HOME/services on their default ports and `make services-stop` stops
 them; the integration tests start their own instances on free ports. Redis comes from Debian's redis-server,
 PostgreSQL from the machine's binaries (initdb, pg_ctl, postgres), MLflow from the project's environment.
+
+Redis keeps an append-only file in its folder (fsync every second, no RDB snapshots): a Redis killed and started
+again on the same folder (`restart_redis`) serves the keys Feast materialised before, as a production online
+store would.
 """
 
 from __future__ import annotations
@@ -60,11 +64,25 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+def _redis_ping(port: int) -> bool:
+    # A Redis loading its append-only file accepts connections but answers -LOADING: wait for +PONG.
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
+
+
 @dataclass
 class Service:
     name: str
     port: int
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    folder: Path | None = None
+
+    def kill(self) -> None:
+        """SIGKILL, no clean shutdown (a crash); returns once the process is gone."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -76,14 +94,25 @@ class Service:
 
 
 def start_redis(folder: Path, port: int) -> Service:
+    """redis-server on loopback; its data persists in ``folder`` (append-only file, no RDB snapshots)."""
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
-         "--appendonly", "no", "--protected-mode", "yes"],
+         "--appendonly", "yes", "--appendfsync", "everysec", "--protected-mode", "yes"],
         stdout=open(folder / "redis.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open)
     )  # fmt: skip
-    _wait(lambda: _port_open(port), f"redis on :{port}")
-    return Service("redis", port, proc)
+    _wait(lambda: _redis_ping(port), f"redis on :{port}")
+    return Service("redis", port, proc, folder)
+
+
+def restart_redis(service: Service) -> Service:
+    """Start Redis again on the same port and folder (it reloads its append-only file) after it stopped or was
+    killed; ``service`` then holds the new process, so whoever stops it stops the new one."""
+    assert service.folder is not None, "not a Redis started by start_redis"
+    if service.proc and service.proc.poll() is None:
+        raise RuntimeError(f"redis on :{service.port} is still running (pid {service.proc.pid})")
+    service.proc = start_redis(service.folder, service.port).proc
+    return service
 
 
 def start_postgres(folder: Path, port: int) -> Service:
