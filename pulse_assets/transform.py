@@ -54,8 +54,8 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     }
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
     window = {"PULSE_DBT_WINDOW_START": start.isoformat(sep=" "), "PULSE_DBT_WINDOW_END": end.isoformat(sep=" ")}
-    selection = context.run.asset_selection
-    if selection is None or any(key.path[0] == "feast" for key in selection):
+    selection = context.run.asset_selection  # None or empty: the run's whole job
+    if not selection or any(key.path[0] == "feast" for key in selection):
         feature_store.import_in_background()  # overlaps dbt's subprocess; the feature stage needs Feast next
     saved_parse = _saved_parse_path(settings.warehouse_path)
     target = dbt_project.project_dir / "target" / f"dbt_models-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
