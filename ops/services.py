@@ -77,20 +77,24 @@ class Service:
     port: int
     proc: subprocess.Popen | None = field(default=None, repr=False)
     folder: Path | None = None
+    group: bool = False  # the process leads its own process group: signal the whole group
+
+    def _signal(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig) if self.group else self.proc.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL, no clean shutdown (a crash); returns once the process is gone."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            self._signal(signal.SIGKILL)
             self.proc.wait(timeout=20)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
 
 
 def start_redis(folder: Path, port: int) -> Service:
@@ -153,10 +157,11 @@ def start_mlflow(folder: Path, port: int, pg_port: int) -> Service:
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", postgres_uri(pg_port, "mlflow"),
          "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=open(folder / "mlflow-server.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open) start_new_session=True,
+        stdout=open(folder / "mlflow-server.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 (the child keeps the log open)
+        start_new_session=True,  # its own process group: uvicorn and the job consumers stop with it
     )  # fmt: skip
     _wait(lambda: _port_open(port), f"mlflow server on :{port}", timeout=90)
-    return Service("mlflow", port, proc)
+    return Service("mlflow", port, proc, group=True)
 
 
 def _pids_file(home: Path) -> Path:

@@ -7,8 +7,9 @@ at 200 req/s. In a child process they cost the server only the unpickling of the
 The child is spawned (not forked: the server has threads and an event loop), imports Feast and MLflow
 once, and runs one call at a time; a call that raises comes back as :class:`BackgroundError` carrying the
 original type name and message. A child that dies or hangs past ``timeout`` is killed and a new one is
-spawned on the next call, so a wedged store client can never wedge the server. One child serves every app
-in the process (tests start many apps): its calls are stateless functions of their arguments.
+spawned on the next call, so a wedged store client can never wedge the server. There is one child per
+purpose (features, registry) for every app in the process (tests start many apps): calls are stateless
+functions of their arguments.
 """
 
 from __future__ import annotations
@@ -84,12 +85,19 @@ class Worker:
         self._proc, self._conn = None, None
 
 
-_worker = Worker()
-atexit.register(_worker.close)
+_workers: dict[str, Worker] = {}
+_workers_lock = threading.Lock()
 
 
-def call(fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
-    return _worker.call(fn, *args, timeout=timeout)
+def call(purpose: str, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
+    """``fn(*args)`` in the child process of ``purpose`` ("features", "registry"): one child per purpose, so
+    a slow registry (MLflow's first import, a hanging server) never delays the online store read."""
+    with _workers_lock:
+        worker = _workers.get(purpose)
+        if worker is None:
+            worker = _workers[purpose] = Worker()
+            atexit.register(worker.close)
+    return worker.call(fn, *args, timeout=timeout)
 
 
 def describe(err: Exception) -> str:

@@ -211,7 +211,7 @@ class ServingState:
     def refresh_features(self) -> None:
         """Read the online store once; rebuild the view when anything it shows changed."""
         try:
-            snapshot = background.call(read_online_features, self.settings, self.entities())
+            snapshot = background.call("features", read_online_features, self.settings, self.entities())
         except Exception as err:
             self.refresh_errors += 1
             if self.store_error is None:
@@ -234,7 +234,7 @@ class ServingState:
     def poll_model(self) -> bool:
         """Swap in a new champion if the alias moved; returns True when it did."""
         try:
-            version = background.call(champion.poll_champion_version, self.settings)
+            version = background.call("registry", champion.poll_champion_version, self.settings)
         except Exception as err:
             if self.registry_error is None:
                 log.warning("model registry unreachable, keeping v%s: %s", self.model_version, err)
@@ -312,6 +312,8 @@ class ServingState:
         view = self.view
         if view is not None and view.table.model_error:
             reasons.append(f"{view.table.model_error}; the climatology fallback serves instead")
+        if not reasons and view is not None and view.table.reason_all:  # the store is back, the view not yet
+            reasons.append(f"forecasts are being rebuilt; until then the fallback serves ({view.table.reason_all})")
         ready = not reasons
         if ready and view is not None and view.table.degraded:
             reasons.append(f"{view.table.degraded} cells degraded (missing or stale features)")
