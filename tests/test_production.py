@@ -293,16 +293,16 @@ def test_redis_killed_while_serving_degrades_then_recovers_without_restart(produ
                     assert f["source"] == "model", f
                     model_answers_while_not_ready += 1
                 time.sleep(0.05)
-            # /ready said why from the first failed read on (seen within one 50 ms poll of its count at /metrics);
+            # /ready said why from the first failed read on (seen within a poll or two of its count at /metrics);
             # the last snapshot served for the whole grace period after it; the fallback came with the first failed
             # read that ended past the grace period (the refresher decides at the end of a read).
             base = failed_reads[0][1]
             fails = [t for t, n in failed_reads if n > base]  # when each failed read was seen to end
             first_failure = fails[0]
             deciding = max(t for t in fails if t <= degraded_at + 0.5)  # the failed read the fallback came with
-            assert abs(first_503 - first_failure) < 1.0, (first_503, fails, timeline)
+            assert abs(first_503 - first_failure) < 2.0, (first_503, fails, timeline)
             assert model_answers_while_not_ready > 0
-            assert degraded_at - deciding < 1.0, (fails, timeline)
+            assert degraded_at - deciding < 2.0, (fails, timeline)
             assert deciding - first_failure >= GRACE_S - 0.5, (fails, timeline)  # not before the grace period
             assert all(t - first_failure < GRACE_S + 0.5 for t in fails if t < deciding), (fails, timeline)
             assert first_503 <= 2 * (REFRESH_S + FAILED_READ_S), first_503
