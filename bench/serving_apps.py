@@ -40,9 +40,9 @@ def _feast_app(with_model: bool) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from pulse.champion import load_cached
-        from pulse.online_snapshot import _open
+        from pulse.feature_store import open_store
 
-        store = _open(settings)
+        store = open_store(settings)
         holder["store"], holder["service"] = store, store.get_feature_service(FEATURE_SERVICE)
         if with_model:
             holder["model"] = load_cached(settings)[0].forecaster

@@ -8,28 +8,22 @@ from h3.api import basic_int
 
 
 def cells_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
-    """H3 cell id (str) of every point; ``None`` where a coordinate is missing or out of range.
-
-    h3-py 4.x has no vectorised ``latlng_to_cell`` (``h3.api.numpy_int`` only vectorises cell inputs), so
-    this is a comprehension over plain floats, ~1 µs per point. Out-of-range latitudes are refused here
-    because h3 silently wraps them onto a real cell.
-    """
-    lat = np.asarray(lat, dtype=np.float64)
-    lng = np.asarray(lng, dtype=np.float64)
-    if lat.shape != lng.shape:
-        raise ValueError(f"lat and lng differ in shape: {lat.shape} vs {lng.shape}")
-    ok = np.isfinite(lat) & np.isfinite(lng) & (np.abs(lat) <= 90.0) & (np.abs(lng) <= 180.0)
-    out = np.full(lat.shape, None, dtype=object)
-    out[ok] = [h3.latlng_to_cell(a, b, res) for a, b in zip(lat[ok].tolist(), lng[ok].tolist(), strict=True)]
+    """H3 cell id (str) of every point; ``None`` where a coordinate is missing or out of range."""
+    ints = cell_ints_for_points(lat, lng, res)
+    out = np.full(ints.shape, None, dtype=object)
+    found = ints != 0
+    out[found] = [h3.int_to_str(c) for c in ints[found].tolist()]
     return out
 
 
 def cell_ints_for_points(lat: np.ndarray, lng: np.ndarray, res: int) -> np.ndarray:
     """H3 cell of every point as its 64-bit integer (uint64), 0 where a coordinate is missing or out of range.
 
-    The same cells as :func:`cells_for_points` (the string id is the integer in lower-case hex, which DuckDB
-    writes as ``lower(hex(cell))``) at a quarter less time, and a numpy array with no Python strings in it:
-    building millions of ``str`` objects and converting them to Arrow cost as much as the H3 calls.
+    h3-py 4.x has no vectorised ``latlng_to_cell`` (``h3.api.numpy_int`` only vectorises cell inputs), so
+    this is a loop over plain floats, ~1 µs per point. Out-of-range latitudes are refused here because h3
+    silently wraps them onto a real cell. The string id is the integer in lower-case hex (DuckDB writes it as
+    ``lower(hex(cell))``); a numpy array of integers keeps millions of Python strings out of ingest, which cost
+    as much as the H3 calls.
     """
     lat = np.asarray(lat, dtype=np.float64)
     lng = np.asarray(lng, dtype=np.float64)

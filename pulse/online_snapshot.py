@@ -5,13 +5,12 @@ materialisation), but a server does not pay the SDK's ~5 ms per request: a backg
 ``get_online_features`` once for all (cell, service type) entities and keeps the result in memory.
 
 Each read opens a fresh ``FeatureStore`` (about 2 ms): a store whose file was deleted or replaced, or whose
-server went away, shows up as an error on the next read instead of hiding behind a cached connection.
+server went away, shows up as an error on the next read instead of hiding behind a cached connection. The
+server makes the read in its background child process (``serving.background``), one call at a time.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,8 +19,6 @@ import pandas as pd
 
 from pulse.features import FEATURE_NAMES
 from pulse.settings import FEATURE_SERVICE, PulseSettings
-
-_OPEN_LOCK = threading.Lock()  # open_store pins PULSE_HOME in the environment while Feast reads its YAML
 
 
 @dataclass(frozen=True)
@@ -42,23 +39,11 @@ class FeatureSnapshot:
         return None if ts.empty else ts.max().to_pydatetime()
 
 
-def _open(settings: PulseSettings):
-    from pulse.feature_store import open_store
-
-    with _OPEN_LOCK:
-        before = os.environ.get("PULSE_HOME")
-        try:
-            return open_store(settings)
-        finally:  # leave the process environment as it was (tests run several homes in one process)
-            if before is None:
-                os.environ.pop("PULSE_HOME", None)
-            else:
-                os.environ["PULSE_HOME"] = before
-
-
 def read_online_features(settings: PulseSettings, entities: list[tuple[str, int]]) -> FeatureSnapshot:
     """One ``get_online_features`` call for all ``entities``; raises whatever the store raises."""
-    store = _open(settings)
+    from pulse.feature_store import open_store
+
+    store = open_store(settings)
     rows = [{"hex_id": h, "service_type": int(s)} for h, s in entities]
     if rows:
         service = store.get_feature_service(FEATURE_SERVICE)
