@@ -16,9 +16,12 @@ $(VENV): pyproject.toml uv.lock
 
 install: $(VENV)
 
-# Debian packages the tests and the production profile need (CI runs as root; apt-get update runs once).
+# Debian packages the tests and the production profile need: Redis, PostgreSQL's server binaries (make services and
+# tests/test_production.py run them under PULSE_HOME). CI runs as root; apt-get update runs only when one is missing.
+SYSTEM_PACKAGES := redis-server postgresql
 system-deps:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@{ command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 # Headless Chromium and its driver for the live map test (tests/test_map.py); Debian's packages, nothing fetched
 # by a test tool.

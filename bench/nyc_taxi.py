@@ -1,4 +1,4 @@
-"""Sanity check of the real-data path on NAB's NYC taxi series (../shared/data/nab_nyc_taxi), as a one-cell city.
+"""Sanity check of the real-data path on NAB's NYC taxi series (data/nab_nyc_taxi), as a one-cell city.
 
     .venv/bin/python -m bench.nyc_taxi            # about 10 minutes on a 2-core machine
 
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT.parent / "shared" / "data" / "nab_nyc_taxi" / "nyc_taxi.csv"
+SOURCE = ROOT / "data" / "nab_nyc_taxi" / "nyc_taxi.csv"
 RESULTS = ROOT / "bench" / "results"
 WINDOWS = {"jan-normal": ("2015-01-05", "2015-01-18"), "last-week": ("2015-01-25", "2015-01-31")}
 CENTRE = h3.cell_to_latlng(h3.latlng_to_cell(40.758, -73.9855, 6))

@@ -1,5 +1,5 @@
 """Drift detection (pulse/drift.py): PSI/KS/null-share rules, performance drift, and a day-by-day run over real
-NYC taxi demand with five labelled anomalies (../shared/data/nab_nyc_taxi)."""
+NYC taxi demand with five labelled anomalies (data/nab_nyc_taxi)."""
 
 import json
 from datetime import date, timedelta
@@ -12,7 +12,7 @@ import pytest
 
 from pulse import drift, promotion
 
-NAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab_nyc_taxi"
+NAB = Path(__file__).resolve().parents[1] / "data" / "nab_nyc_taxi"
 T = drift.Thresholds()
 
 
