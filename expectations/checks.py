@@ -142,14 +142,17 @@ def raw_events(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: s
 
 # Facts -----------------------------------------------------------------------------------------------
 def expected_grid_rows(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[date]) -> tuple[int, int]:
-    """(rows, cells) of the zero-filled grid: active cells × service types × buckets of the window's days
-    that lie within the city's history (dbt's spine clamps the window the same way)."""
-    cells = con.execute("SELECT count(*) FROM main.dim_cells").fetchone()[0]
-    first, last = con.execute("SELECT min(event_date), max(event_date) FROM raw.ride_requests").fetchone()
-    if first is None:
-        return 0, cells
-    n_days = sum(1 for d in days if first <= d <= last)
-    return cells * len(settings.service_types) * 96 * n_days, cells
+    """(rows, cells) of the zero-filled grid, dbt's rule: on each of the window's days that holds a ride
+    request, the cells active by that day (dim_cells.active_from) × service types × 96 buckets."""
+    cell_days, cells = con.execute(
+        """WITH request_days AS (
+               SELECT DISTINCT event_date FROM raw.ride_requests WHERE event_date IN (SELECT unnest(?::DATE[]))
+           )
+           SELECT count(*), count(DISTINCT c.hex_id)
+           FROM request_days d JOIN main.dim_cells c ON c.active_from <= d.event_date""",
+        [list(days)],
+    ).fetchone()
+    return cell_days * len(settings.service_types) * 96, cells
 
 
 def day_totals(con: duckdb.DuckDBPyConnection, days: list[date], table: str = "fct_demand_15min") -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 One list, read by the Feast feature view, the trainer and the server, so the three cannot disagree.
 A row's ``feature_ts`` (bucket end) is the forecast origin: every value in it is known at that instant.
+The calendar columns (hour_of_day, minute_of_day, day_of_week, is_weekend, is_holiday) are on the city's clock,
+like the local_* ones.
 """
 
 from __future__ import annotations

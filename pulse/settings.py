@@ -44,7 +44,7 @@ class PulseSettings(BaseSettings):
     lng_min: float = -180.0
     lng_max: float = 180.0
 
-    # Active cells: at least this many requests over the whole validated history (see dim_cells).
+    # Zero-filled cells: from the day their validated requests up to that day reach this many (see dim_cells).
     min_cell_requests: int = 1
 
     # Training

@@ -213,6 +213,12 @@ def test_dbt_data_and_unit_tests_ran_and_passed(city):
     kinds = {uid.split(".")[0] for uid in city["statuses"]}
     assert {"model", "seed", "test", "unit_test"} <= kinds
     assert sum(uid.startswith("unit_test.") for uid in city["statuses"]) >= 5
+    passed = {uid.split(".")[-1] for uid, status in city["statuses"].items() if status == "pass"}
+    assert {
+        "spine_grid_of_a_day_holds_the_cells_active_by_that_day",
+        "event_attendance_reads_only_events_landed_by_the_bucket_day",
+        "features_calendar_follows_the_city_clock_across_the_fall_back",
+    } <= passed
 
 
 def test_facts_zero_fill_every_cell_service_and_bucket(city):
@@ -263,7 +269,8 @@ def test_hand_computed_lags_rolling_sums_and_last_week(city):
     assert row["tow_mean_4w_ahead_1"] == pytest.approx(11.0)  # only one earlier week exists
     assert row["neighbour_requests_1h"] == 1  # c2's 10:00 request; c9 is not an active cell
     assert row["neighbour2_requests_1h"] == 1  # c3's
-    assert (row["hour_of_day"], row["minute_of_day"], row["day_of_week"]) == (10, 600, 1)  # Tuesday
+    # the city's clock: 10:00 UTC is 06:00 EDT, a Tuesday
+    assert (row["hour_of_day"], row["minute_of_day"], row["day_of_week"]) == (6, 360, 1)
     assert row["is_weekend"] is False and row["is_holiday"] is False
 
 

@@ -98,7 +98,10 @@ def synthetic_facts(con, days: int = 8) -> list[date]:
     con.execute(
         "CREATE OR REPLACE TABLE raw.ride_requests AS SELECT DISTINCT CAST(bucket_start AS DATE) AS event_date FROM f"
     )
-    con.execute("CREATE OR REPLACE TABLE main.dim_cells AS SELECT DISTINCT hex_id FROM f")
+    con.execute(
+        "CREATE OR REPLACE TABLE main.dim_cells AS "
+        "SELECT hex_id, min(CAST(bucket_start AS DATE)) AS active_from FROM f GROUP BY hex_id"
+    )
     con.execute("CREATE OR REPLACE TABLE main.fct_demand_15min AS SELECT * FROM f")
     con.execute(
         "CREATE OR REPLACE TABLE main.fct_supply_15min AS "
@@ -140,6 +143,24 @@ def test_facts_suite_grid_counts_ratios_and_day_totals(tmp_path):
         assert "expect_table_row_count_to_equal" in failed
         assert "expect_column_values_to_be_between(acceptance_rate)" in failed
         assert "expect_column_values_to_be_between(unfulfilled)" in failed
+
+
+def test_facts_suite_grid_holds_the_cells_active_by_each_day(tmp_path):
+    """dbt zero-fills a cell from the day it becomes active: a cell first seen on the last day has rows on that
+    day only, and the grid check of a backfill or of an earlier day expects exactly that."""
+    settings = PulseSettings(home=tmp_path)
+    with duckdb.connect(str(tmp_path / "facts.duckdb")) as con:
+        days = synthetic_facts(con)
+        last = datetime.combine(days[-1], datetime.min.time())
+        con.execute(
+            "INSERT INTO main.fct_demand_15min SELECT 'c' AS hex_id, * EXCLUDE (hex_id) FROM main.fct_demand_15min "
+            "WHERE hex_id = 'a' AND bucket_start >= ?",
+            [last],
+        )
+        con.execute("INSERT INTO main.dim_cells VALUES ('c', ?)", [days[-1]])
+        assert checks.expected_grid_rows(con, settings, days) == (96 * len(settings.service_types) * 17, 3)
+        assert checks.facts(con, settings, days).success
+        assert checks.facts(con, settings, days[:1]).success  # an earlier day: c is not in its grid
 
 
 def forecast_frame(n: int = 200) -> pd.DataFrame:

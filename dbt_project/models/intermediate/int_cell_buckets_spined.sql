@@ -1,18 +1,19 @@
 {#-
-  The zero-fill grid of the facts: every active cell x every service type in var('service_types') x
-  every 15-minute bucket of the window.
+  The zero-fill grid of the facts: every 15-minute bucket of the window on a UTC day D that holds at least
+  one ride request x every cell active on D (dim_cells.active_from <= D) x every service type in
+  var('service_types').
 
-  The window is clamped to the UTC days that lie between the first and the last day holding any ride
-  request, so the default all-time window covers exactly the city's history. The clamp reads all of
-  raw.ride_requests (not the window), hence a day's partition run and a many-day backfill run produce
-  the same grid for that day.
+  Both conditions read requests up to and including D only, so the grid of a day is the same whether the
+  day is built alone, in a backfill, or rebuilt after later days have landed. A day without any request
+  has no feed (nothing landed yet, or an outage) and gets no rows, which also clamps the default all-time
+  window to the city's history.
 -#}
 
 with
 
 cells as (
 
-    select hex_id from {{ ref('dim_cells') }}
+    select hex_id, active_from from {{ ref('dim_cells') }}
 
 ),
 
@@ -22,36 +23,28 @@ service_types as (
 
 ),
 
-history as (
+request_days as (
 
-    select
-        cast(date_trunc('day', min(requested_at)) as timestamp) as first_day,
-        cast(date_trunc('day', max(requested_at)) as timestamp) + interval 1 day as end_day
+    -- the UTC days the window touches that hold a request (requests outside the window still count)
+    select distinct cast(requested_at as date) as request_day
 
     from {{ ref('stg_raw__ride_requests') }}
-
-),
-
-bounds as (
-
-    select
-        greatest({{ window_start() }}, first_day) as spine_start,
-        least({{ window_end() }}, end_day) as spine_end
-
-    from history
-    where first_day is not null
+    where requested_at >= date_trunc('day', {{ window_start() }})
+      and requested_at < date_trunc('day', {{ window_end() }} - interval 1 microsecond) + interval 1 day
 
 ),
 
 buckets as (
 
     select
+        request_day,
         unnest(generate_series(
-            spine_start, spine_end - interval 15 minute, interval 15 minute
+            greatest(cast(request_day as timestamp), {{ window_start() }}),
+            least(cast(request_day as timestamp) + interval 1 day, {{ window_end() }}) - interval 15 minute,
+            interval 15 minute
         )) as bucket_start
 
-    from bounds
-    where spine_start < spine_end
+    from request_days
 
 ),
 
@@ -62,9 +55,10 @@ spined as (
         service_types.service_type,
         buckets.bucket_start
 
-    from cells
+    from buckets
+    inner join cells
+        on cells.active_from <= buckets.request_day
     cross join service_types
-    cross join buckets
 
 )
 

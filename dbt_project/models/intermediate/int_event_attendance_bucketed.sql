@@ -9,6 +9,10 @@
   - attendance_ending_1h: events with ends_at in [feature_ts, feature_ts + 1 h), i.e. the buckets b with
     ends_at - 75 min < b <= ends_at - 15 min (the published schedule, known in advance).
   - attendance_live: events with starts_at <= feature_ts < ends_at, i.e. starts_at - 15 min <= b < ends_at - 15 min.
+
+  Events land in the partition of their start day (event_date). A bucket of day D reads only events landed
+  by D's partition (event_date <= D): an event starting just after midnight is not yet known when D is
+  built, and reading it would make D's rows change once D + 1 lands.
 -#}
 
 with
@@ -17,7 +21,7 @@ events as (
 
     select * from {{ ref('stg_raw__events') }}
     where ends_at >= {{ window_start() }}
-      and starts_at < {{ window_end() }} + interval 2 hour
+      and event_date <= cast({{ window_end() }} as date)
 
 ),
 
@@ -33,6 +37,7 @@ event_cells as (
     select
         event_id,
         venue_hex_id as hex_id,
+        event_date,
         starts_at,
         ends_at,
         expected_attendance
@@ -43,6 +48,7 @@ event_cells as (
     select
         events.event_id,
         neighbours.hex_id,
+        events.event_date,
         events.starts_at,
         events.ends_at,
         events.expected_attendance
@@ -56,6 +62,7 @@ ending as (
 
     select
         event_cells.hex_id,
+        event_cells.event_date,
         time_bucket(interval 15 minute, event_cells.ends_at - interval 15 minute)
             - to_minutes(cast(15 * steps.step as bigint)) as bucket_start,
         event_cells.expected_attendance
@@ -69,6 +76,7 @@ live_candidates as (
 
     select
         hex_id,
+        event_date,
         starts_at,
         ends_at,
         expected_attendance,
@@ -89,6 +97,7 @@ live as (
 
     select
         hex_id,
+        event_date,
         bucket_start,
         expected_attendance
 
@@ -100,9 +109,9 @@ live as (
 
 combined as (
 
-    select hex_id, bucket_start, expected_attendance as ending, 0 as live from ending
+    select hex_id, event_date, bucket_start, expected_attendance as ending, 0 as live from ending
     union all
-    select hex_id, bucket_start, 0 as ending, expected_attendance as live from live
+    select hex_id, event_date, bucket_start, 0 as ending, expected_attendance as live from live
 
 ),
 
@@ -116,6 +125,8 @@ bucketed as (
 
     from combined
     where {{ in_window('bucket_start') }}
+      -- known by the bucket's day partition
+      and event_date <= cast(bucket_start as date)
     group by hex_id, bucket_start
 
 )

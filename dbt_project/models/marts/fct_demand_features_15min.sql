@@ -18,9 +18,10 @@
   minus 105 minutes back, weather is the observation at or before bucket_start. The one forward-looking
   input is the published event schedule.
 
-  Weekly and daily lookbacks follow the city's wall clock (var('timezone'), an IANA name): "the same
-  bucket last week" is the same local time 7 days earlier, so a DST change does not shift the weekly
-  pattern by an hour. Where the clock falls back, the first of the two buckets sharing a local time is
+  Weekly and daily lookbacks and every calendar column (hour, minute of day, day of week, weekend,
+  holiday) follow the city's wall clock (var('timezone'), an IANA name): "the same bucket last week" is
+  the same local time 7 days earlier, so a DST change does not shift the weekly pattern by an hour, and a
+  holiday runs from local midnight to local midnight. Where the clock falls back, the first of the two buckets sharing a local time is
   the one a lookback reads; where it springs forward, the skipped local hour gives NULL.
 
   Lookbacks join on time, never on row offsets: every series (cell, service type) numbers its buckets
@@ -29,6 +30,8 @@
   Trailing sums are running totals differenced between the current row and the time-joined first bucket
   of the period, NULL unless every bucket of the period is present.
   The facts are read back to start - 29 days; only rows with bucket_start in [start, end) are written.
+  A row of UTC day D reads nothing landed after D's partition (events by event_date <= D), so a backfill
+  and daily runs write the same rows.
 -#}
 
 {%- set lags = [1, 2, 3] -%}
@@ -122,6 +125,7 @@ keyed as materialized (
         -- where the clock falls back two buckets share a local time: lookbacks read the first
         row_number() over (partition by series_no, local_bucket_no order by bucket_start) = 1
             as first_at_local_time,
+        local_start,
         hour(local_start) * 60 + minute(local_start) as local_minute_of_day,
         isodow(local_start) - 1 as local_day_of_week,
         -- running totals: the sum over buckets [a, b] is running(b) - running(a) + requests(a), and it
@@ -184,6 +188,7 @@ history as materialized (
         ahead_{{ k }}.requests_tow_smooth_4w as tow_smooth_4w_ahead_{{ k }},
         day_ahead_{{ k }}.requests_tod_smooth_7d as tod_smooth_7d_ahead_{{ k }},
         {% endfor %}
+        current_rows.local_start,
         current_rows.local_minute_of_day,
         current_rows.local_day_of_week,
         current_rows.price_conversion,
@@ -294,8 +299,9 @@ weather as (
 
 event_feed as (
 
-    -- events are a schedule: with any event in the feed, "no event nearby" is a real 0
-    select count(*) > 0 as has_events from {{ ref('stg_raw__events') }}
+    -- events are a schedule: once the feed has landed an event (by the bucket's day), "no event nearby"
+    -- is a real 0
+    select min(event_date) as first_event_date from {{ ref('stg_raw__events') }}
 
 ),
 
@@ -351,13 +357,12 @@ features as (
             else cast(neighbour_requests.ring2_requests_1h as integer)
         end as neighbour2_requests_1h,
 
-        -- calendar of the bucket (UTC)
-        hour(history.bucket_start) as hour_of_day,
-        hour(history.bucket_start) * 60 + minute(history.bucket_start) as minute_of_day,
-        isodow(history.bucket_start) - 1 as day_of_week,
-        isodow(history.bucket_start) >= 6 as is_weekend,
+        -- calendar of the bucket on the city's clock
+        hour(history.local_start) as hour_of_day,
+        history.local_minute_of_day as minute_of_day,
+        history.local_day_of_week as day_of_week,
+        history.local_day_of_week >= 5 as is_weekend,
         holidays.holiday_date is not null as is_holiday,
-        -- the same on the city's clock
         history.local_minute_of_day,
         history.local_day_of_week,
 
@@ -367,10 +372,12 @@ features as (
 
         -- events (NULL when the city has no event feed)
         case
-            when event_feed.has_events then coalesce(event_attendance.attendance_ending_1h, 0)
+            when event_feed.first_event_date <= cast(history.bucket_start as date)
+                then coalesce(event_attendance.attendance_ending_1h, 0)
         end as event_attendance_ending_1h,
         case
-            when event_feed.has_events then coalesce(event_attendance.attendance_live, 0)
+            when event_feed.first_event_date <= cast(history.bucket_start as date)
+                then coalesce(event_attendance.attendance_live, 0)
         end as event_attendance_live,
 
         -- supply and market (NULL when absent)
@@ -390,7 +397,7 @@ features as (
         on event_attendance.hex_id = history.hex_id
         and event_attendance.bucket_start = history.bucket_start
     left join holidays
-        on holidays.holiday_date = cast(history.bucket_start as date)
+        on holidays.holiday_date = cast(history.local_start as date)
     left join supply
         on supply.hex_id = history.hex_id
         and supply.service_type = history.service_type
