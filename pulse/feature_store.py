@@ -42,8 +42,8 @@ def open_store(settings: PulseSettings) -> FeatureStore:
 
     # feature_store.yaml and data_sources.py resolve paths from PULSE_HOME; pin it to this settings' home.
     os.environ["PULSE_HOME"] = str(settings.home)
-    if settings.redis_url:
-        os.environ["FEAST_REDIS_CONNECTION"] = settings.redis_url
+    if settings.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
+        os.environ["FEAST_REDIS_CONNECTION"] = settings.redis_url.get_secret_value()
     (settings.home / "feast").mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=feature_store_yaml(settings))
 

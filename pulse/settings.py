@@ -8,6 +8,7 @@ engines and real servers; the code asks settings for URIs and never branches on 
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from functools import cached_property
 from pathlib import Path
@@ -80,10 +81,12 @@ class PulseSettings(BaseSettings):
     retrain_cooldown_minutes: float = Field(default=10.0, ge=0, description="Minimum gap between sensor retrains.")
     landing_settle_seconds: float = Field(default=30.0, ge=0, description="A landing day must be this old to load.")
 
-    # Production profile servers; secrets come from the environment, never from files.
-    clickhouse_dsn: str | None = None
-    mlflow_tracking_uri: str | None = None
-    redis_url: str | None = None
+    # Production profile servers; secrets come from the environment, never from files. Their addresses may
+    # carry passwords: secrets, masked wherever settings are shown; `fact_store_dsn`, `tracking_uri` and
+    # `redis_url.get_secret_value()` are for the code that connects.
+    clickhouse_dsn: SecretStr | None = None
+    mlflow_tracking_uri: SecretStr | None = None
+    redis_url: SecretStr | None = None
 
     # Serving (README "Serving"). API keys are secrets: comma-separated, never logged or shown.
     api_keys: SecretStr = Field(default=SecretStr(""), description="Comma-separated keys for /v1; empty = open.")
@@ -174,7 +177,8 @@ class PulseSettings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        """The MLflow tracking URI, password included: hand it to MLflow, never to a log line."""
+        return _revealed(self.mlflow_tracking_uri) or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> str:
@@ -182,11 +186,31 @@ class PulseSettings(BaseSettings):
 
     @property
     def fact_store_dsn(self) -> str:
-        return self.clickhouse_dsn or f"chdb://{self.home / 'clickhouse'}"
+        """The ClickHouse DSN, password included: hand it to clickhouse-connect, never to a log line."""
+        return _revealed(self.clickhouse_dsn) or f"chdb://{self.home / 'clickhouse'}"
 
-    def ensure_dirs(self) -> None:
-        for d in (self.landing_dir, self.feast_offline_dir, self.dagster_home, self.mlflow_dir):
-            d.mkdir(parents=True, exist_ok=True)
+    def redact(self, text: str) -> str:
+        """``text`` with the passwords of the configured server addresses and the API keys masked: clients
+        quote the URI they were given in their errors (MLflow: "API request to http://user:password@…")."""
+        keys = [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
+        for key in keys:
+            text = text.replace(key, MASK)
+        for address in (self.clickhouse_dsn, self.mlflow_tracking_uri, self.redis_url):
+            for password in (p for pair in _PASSWORD.findall(_revealed(address)) for p in pair if p):
+                text = text.replace(f":{password}@", f":{MASK}@").replace(f"password={password}", f"password={MASK}")
+                if len(password) >= 8:  # also where a client prints it bare; a short one would mask other text
+                    text = text.replace(password, MASK)
+        return text
+
+
+MASK = "***"
+# Passwords in a server address: URL userinfo (`scheme://user:password@host`) or Feast's Redis form
+# (`host:port,password=…`).
+_PASSWORD = re.compile(r"//[^/@:\s]*:([^@\s]+)@|[,?&]password=([^,&\s]+)")
+
+
+def _revealed(secret: SecretStr | None) -> str:
+    return secret.get_secret_value() if secret is not None else ""
 
 
 def get_settings(**overrides: object) -> PulseSettings:

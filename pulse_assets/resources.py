@@ -18,27 +18,18 @@ from pulse.settings import PROJECT_ROOT, PulseSettings
 dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
 
 
-# Server addresses and credentials of the production profile: handed to runs as dg.EnvVar, so their values
-# are read from the environment when a run starts and never stored in run config or shown in the UI.
-SECRET_SETTINGS = {
-    "redis_url": "PULSE_REDIS_URL",
-    "mlflow_tracking_uri": "PULSE_MLFLOW_TRACKING_URI",
-    "clickhouse_dsn": "PULSE_CLICKHOUSE_DSN",
-}
-
-
 class PulseResource(dg.ConfigurableResource):
-    """Settings of the city this code location serves."""
+    """Settings of the city this code location serves.
+
+    The production servers' addresses and credentials (PULSE_REDIS_URL, PULSE_MLFLOW_TRACKING_URI,
+    PULSE_CLICKHOUSE_DSN) are not resource config: ``settings()`` reads them from the run's environment as
+    secrets, so they are never in run config, the UI, or a resource or settings printed in a run's log."""
 
     home: str
     profile: str = "local"
-    redis_url: str | None = None
-    mlflow_tracking_uri: str | None = None
-    clickhouse_dsn: str | None = None
 
     def settings(self) -> PulseSettings:
-        servers = {name: getattr(self, name) for name in SECRET_SETTINGS if getattr(self, name)}
-        return PulseSettings(home=self.home, profile=self.profile, **servers)
+        return PulseSettings(home=self.home, profile=self.profile)
 
 
 class PulseDbtCliResource(DbtCliResource):
@@ -80,6 +71,4 @@ if _manifest_is_stale():
 
 
 def resources_for(settings: PulseSettings) -> dict[str, object]:
-    servers = {name: dg.EnvVar(var) for name, var in SECRET_SETTINGS.items() if os.environ.get(var)}
-    pulse = PulseResource(home=str(settings.home), profile=settings.profile, **servers)
-    return {"pulse": pulse, "dbt": dbt_cli()}
+    return {"pulse": PulseResource(home=str(settings.home), profile=settings.profile), "dbt": dbt_cli()}

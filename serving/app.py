@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from pulse.settings import PulseSettings
-from serving.auth import ApiKeyMiddleware, document_bearer_auth
 from serving.fastpath import ForecastFastPath
 from serving.metrics import Metrics, MetricsMiddleware, StateCollector
 from serving.routers import cells, forecast, health, heatmap, livemap, model, recommendations
@@ -63,8 +62,8 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
             await asyncio.to_thread(state.start)
             app.state.serving = state
         except Exception as err:  # keep the process up: /health and /ready say why, routes answer 503
-            app.state.load_error = f"could not load model or features: {type(err).__name__}: {err}"
-            log.exception("serving state failed to load")
+            app.state.load_error = f"could not load model or features: {state.describe(err)}"
+            log.error("serving state failed to load: %s", app.state.load_error)  # no traceback: it quotes URIs
         if not app.state.api_keys:
             log.warning("no API keys configured (PULSE_API_KEYS): /v1 routes are open")
         tasks = []
@@ -103,10 +102,8 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
     for module in (health, forecast, heatmap, recommendations, cells, model, livemap):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    document_bearer_auth(app)
     if settings.forecast_fast_path:
         forecast_route = next(r for r in forecast.router.routes if r.path == "/v1/forecast")
         app.add_middleware(ForecastFastPath, get_state=lambda: app.state.serving, route=forecast_route)
-    app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.api_keys)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times auth rejections too
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times the fast path's answers too
     return app

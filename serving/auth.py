@@ -1,81 +1,49 @@
-"""API keys for `/v1`: checked in a pure ASGI middleware, before routing, so the hot path pays a header
-lookup instead of a FastAPI dependency; the OpenAPI page still documents the bearer scheme on every `/v1`
-operation. 401 without a bearer key, 403 with a wrong one; `/health`, `/ready`, `/metrics`, `/` and the
-static files stay open. Keys are compared in constant time and never logged."""
+"""API keys for `/v1`: FastAPI's bearer scheme as a router-level dependency of every `/v1` router, so the
+decision is made on the route a request resolved to, whatever prefix it came through (a `Mount`, a proxy's
+`root_path`), and the OpenAPI page documents the scheme on every `/v1` operation. 401 without a bearer key,
+403 with a wrong one; `/health`, `/ready`, `/metrics`, `/` and the static files stay open. Keys are compared
+in constant time and never logged. :mod:`serving.fastpath` applies the same check before it answers."""
 
 from __future__ import annotations
 
 import hmac
-import json
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-PROTECTED_PREFIX = "/v1/"
-SCHEME = "HTTPBearer"
-
-
-def _reject(status: int, detail: str) -> tuple[dict, dict]:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    return {"type": "http.response.start", "status": status, "headers": headers}, {
-        "type": "http.response.body",
-        "body": body,
-    }
+bearer = HTTPBearer(auto_error=False, description="An API key from PULSE_API_KEYS, as `Authorization: Bearer <key>`.")
 
 
-class ApiKeyMiddleware:
-    def __init__(self, app, keys: callable) -> None:
-        self.app = app
-        self.keys = keys  # returns the configured keys (bytes); read per request so settings can change
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        keys = self.keys()
-        if keys:
-            given = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    scheme, _, token = value.partition(b" ")
-                    if scheme.lower() == b"bearer" and token.strip():
-                        given = token.strip()
-                    break
-            if given is None:
-                start, body = _reject(401, "missing API key: send 'Authorization: Bearer <key>'")
-            elif not any(hmac.compare_digest(given, key) for key in keys):
-                start, body = _reject(403, "API key not accepted")
-            else:
-                start = None
-            if start is not None:
-                scope["pulse.auth_rejected"] = True
-                await send(start)
-                await send(body)
-                return
-        await self.app(scope, receive, send)
+def check_key(credentials: HTTPAuthorizationCredentials | None, keys: tuple[bytes, ...]) -> None:
+    """Raises 401 without a bearer key, 403 with one that is not among ``keys``; no keys means open."""
+    if not keys:
+        return
+    if credentials is None:
+        raise HTTPException(
+            401, detail="missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    given = credentials.credentials.encode("latin-1")  # the header's bytes (Starlette decodes it as latin-1)
+    accepted = False
+    for key in keys:  # every key compared, so the time taken does not say which one matched
+        accepted |= hmac.compare_digest(given, key)
+    if not accepted:
+        raise HTTPException(403, detail="API key not accepted")
 
 
-def document_bearer_auth(app: FastAPI) -> None:
-    """Add the bearer scheme to the OpenAPI document and require it on every `/v1` operation."""
-    build = app.openapi
+async def require_api_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> None:
+    check_key(credentials, request.app.state.api_keys)
 
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = build()
-        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes[SCHEME] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key from PULSE_API_KEYS, as `Authorization: Bearer <key>`.",
-        }
-        for path, operations in schema.get("paths", {}).items():
-            if path.startswith(PROTECTED_PREFIX):
-                for operation in operations.values():
-                    operation["security"] = [{SCHEME: []}]
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = openapi
+async def accepted(request: Request) -> bool:
+    """What :func:`require_api_key` decides, as a yes/no for code that answers before routing."""
+    try:
+        check_key(await bearer(request), request.app.state.api_keys)
+    except HTTPException:
+        return False
+    return True
+
+
+API_KEY = Security(require_api_key)  # dependencies=[API_KEY] on every /v1 router

@@ -41,8 +41,8 @@ class StateCollector(Collector):
                 "pulse_degraded_cells", "Entries served by the climatology fallback.", value=view.table.degraded
             )
         info = InfoMetricFamily("pulse_model", "The champion being served.")
-        if state.model is not None:
-            info.add_metric([], {"version": state.model.version, "source": state.info.source if state.info else ""})
+        if view is not None and view.model is not None:
+            info.add_metric([], {"version": view.model.version, "source": view.info.source if view.info else ""})
             yield info
         yield GaugeMetricFamily("pulse_model_reloads", "Champions swapped in since start.", value=state.model_reloads)
         yield GaugeMetricFamily(
@@ -103,8 +103,5 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or (
-                "auth-rejected" if scope.get("pulse.auth_rejected") else "unmatched"
-            )
+            path = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(path, scope["method"], status, time.perf_counter() - start)

@@ -1,14 +1,15 @@
 """What the server holds in memory, and the background work that keeps it current.
 
-Requests read one immutable :class:`View` (model + forecast table + cached JSON); the background refreshers
-build a new one and swap the reference, so a request never sees half of an update and never waits for one.
+Requests read one immutable :class:`View` (model + its climatology + features + the forecast table built from
+them + cached JSON); the background refreshers build a new one and swap the reference, so a request never sees
+half of an update and never waits for one, and every answer names the model version its numbers come from.
 
 * Features: every ``feature_refresh_seconds`` one bulk ``get_online_features`` call for all served cells,
   run in the background child process (:mod:`serving.background`) so its Python never holds this GIL.
   When the store fails, the last snapshot keeps serving for ``store_grace_seconds``; after that every cell
   gets the climatology fallback, and ``/ready`` says why from the first failure on.
 * Model: every ``model_poll_seconds`` the version behind ``@champion`` (asked in the child process too) is
-  compared with the loaded one; a new version is loaded and forecast in the background, then swapped in. A
+  compared with the served one; a new version is loaded and forecast in the background, then swapped in. A
   failing registry keeps the loaded model. At start, a failing registry means the last good champion from
   ``PULSE_HOME/model_cache``.
 """
@@ -68,13 +69,17 @@ def forecast_body(cell: CellForecast, model_version: str | None, horizons: tuple
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class View:
-    """An immutable picture of what the server answers from; JSON bodies are cached as they are asked for."""
+    """What the server answers from, published as one: the model, its climatology, the features and the
+    forecast table built from them. JSON bodies are cached as they are asked for."""
 
     table: ForecastTable
     model: LoadedModel | None
     info: champion.ModelInfo | None
+    climatology: Climatology
+    features: FeatureSnapshot | None
+    key: tuple = field(default=(), repr=False)  # the inputs the table was built from (ids, reference time)
     built_at: float = field(default_factory=time.monotonic)
     answers: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # GET /v1/forecast query → body
     _json: dict = field(default_factory=dict, repr=False)
@@ -157,17 +162,26 @@ class View:
         return body
 
 
+def entities_of(model: LoadedModel | None, climatology: Climatology) -> list[tuple[str, int]]:
+    """The (cell, service type) pairs served: the model's, or the climatology's without a model."""
+    if model is not None:
+        f = model.forecaster
+        return [(c, int(s)) for s in f.service_types for c in sorted(f.cells)]
+    return sorted(climatology.means)
+
+
 class ServingState:
-    """Loads the champion, the climatology and the online features, and keeps a current :class:`View`."""
+    """Loads the champion, the climatology and the online features, and publishes them as one :class:`View`.
+
+    ``view`` is the only reference answers are computed from: a model, its climatology, the features and the
+    forecast table built from them change together, in one assignment, once the table is built. Readers take
+    ``view`` once per request; the other attributes are status (errors, counters) for `/ready` and metrics.
+    """
 
     def __init__(self, settings: PulseSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
         self.view: View | None = None
-        self.model: LoadedModel | None = None
-        self.info: champion.ModelInfo | None = None
-        self.climatology = Climatology()
-        self.features: FeatureSnapshot | None = None
         self.feature_read_at: datetime | None = None
         self.store_error: str | None = None
         self.store_failing_since: float | None = None
@@ -176,140 +190,161 @@ class ServingState:
         self.lag_reason: str | None = None
         self.model_reloads = 0
         self.refresh_errors = 0
-        self._built_key: tuple | None = None
         self.restore_env: Callable[[], None] = lambda: None
-        self._lock = threading.Lock()  # one rebuild at a time (feature refresh and model poll both rebuild)
+        # One rebuild at a time: the feature refresh and the model poll each read the current view, build on
+        # it and publish, so neither drops what the other published meanwhile.
+        self._lock = threading.Lock()
 
     # -- start ------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.restore_env = champion.configure_client(self.settings)
+        model, info = None, None
         try:
-            self.model, self.info = champion.load_champion(self.settings)
-            if self.info.source == "cache":
+            model, info = champion.load_champion(self.settings)
+            if info.source == "cache":
                 self.registry_error = "registry unreachable at start: serving the cached champion"
-                log.warning("model registry unreachable: serving cached champion v%s", self.model.version)
+                log.warning("model registry unreachable: serving cached champion v%s", model.version)
         except champion.RegistryUnavailable as err:
-            self.model_error = self.registry_error = str(err)
-            log.error("no champion: %s", err)
-        self.climatology = self._load_climatology()
-        self.refresh_features()
+            self.model_error = self.registry_error = self.settings.redact(str(err))
+            log.error("no champion: %s", self.model_error)
+        climatology = self._load_climatology()
+        with self._lock:
+            features = self._read_features(entities_of(model, climatology), None)
+            self._publish(model=model, info=info, climatology=climatology, features=features)
 
     def _load_climatology(self) -> Climatology:
         try:
             return Climatology.from_parquet(self.settings.feast_offline_dir / "demand_features")
         except Exception as err:  # a broken export must not keep the server from starting
-            log.error("climatology unavailable: %s", err)
+            log.error("climatology unavailable: %s", self.settings.redact(str(err)))
             return Climatology()
-
-    def entities(self) -> list[tuple[str, int]]:
-        if self.model is not None:
-            f = self.model.forecaster
-            return [(c, int(s)) for s in f.service_types for c in sorted(f.cells)]
-        return sorted(self.climatology.means)
 
     # -- features ---------------------------------------------------------------------------------------
     def refresh_features(self) -> None:
-        """Read the online store once; rebuild the view when anything it shows changed."""
+        """Read the online store once; publish a new view when anything it shows changed."""
+        with self._lock:
+            view = self.view
+            features = self._read_features(entities_of(view.model, view.climatology), view.features)
+            self._publish(features=features)
+
+    def _read_features(self, entities: list[tuple[str, int]], current: FeatureSnapshot | None):
+        """The features to serve: a new snapshot, ``current`` when nothing changed or the store fails within the
+        grace period, None past it (every cell falls back)."""
         try:
-            snapshot = background.call("features", read_online_features, self.settings, self.entities())
+            snapshot = background.call("features", read_online_features, self.settings, entities)
         except Exception as err:
             self.refresh_errors += 1
             if self.store_error is None:
-                log.error("online store unreachable: %s", err)
+                log.error("online store unreachable: %s", self.settings.redact(str(err)))
                 self.store_failing_since = time.monotonic()
-            self.store_error = f"online store unreachable: {background.describe(err)}"
+            self.store_error = f"online store unreachable: {self.describe(err)}"
             down_for = time.monotonic() - (self.store_failing_since or 0.0)
-            if self.features is not None and down_for >= self.settings.store_grace_seconds:
-                self.features = None  # past the grace period: every cell falls back
-        else:
-            if self.store_error is not None:
-                log.info("online store readable again")
-            self.store_error, self.store_failing_since = None, None
-            self.feature_read_at = snapshot.read_at
-            if self.features is None or not snapshot.frame.equals(self.features.frame):
-                self.features = snapshot
-        self.rebuild()
+            return None if down_for >= self.settings.store_grace_seconds else current
+        if self.store_error is not None:
+            log.info("online store readable again")
+        self.store_error, self.store_failing_since = None, None
+        self.feature_read_at = snapshot.read_at
+        if current is not None and snapshot.frame.equals(current.frame):
+            return current  # same rows: the view need not change
+        return snapshot
 
     # -- model ------------------------------------------------------------------------------------------
     def poll_model(self) -> bool:
-        """Swap in a new champion if the alias moved; returns True when it did."""
+        """Publish a new champion if the alias moved; returns True when it did."""
+        serving = self.view.model if self.view is not None else None
+        serving_version = serving.version if serving else None
         try:
             version = background.call("registry", champion.poll_champion_version, self.settings)
         except Exception as err:
             if self.registry_error is None:
-                log.warning("model registry unreachable, keeping v%s: %s", self.model_version, err)
-            self.registry_error = f"registry poll failed: {background.describe(err)}"
+                log.warning("model registry unreachable, keeping v%s: %s", serving_version, self.describe(err))
+            self.registry_error = f"registry poll failed: {self.describe(err)}"
             return False
         self.registry_error = None
-        if self.model is not None and version == self.model.version:
+        if version == serving_version:
             return False
         started = time.monotonic()
-        log.info("champion is v%s, serving v%s: loading it", version, self.model_version)
+        log.info("champion is v%s, serving v%s: loading it", version, serving_version)
         try:
             model, info = champion.load_champion(self.settings)
         except Exception as err:
-            self.registry_error = f"could not load champion v{version}: {err}"
+            self.registry_error = f"could not load champion v{version}: {self.describe(err)}"
             log.error(self.registry_error)
             return False
         if info.source != "registry":  # the registry answered the poll, then failed: try again next round
             self.registry_error = f"could not download champion v{version}"
             return False
         log.info("champion v%s loaded in %.1f s", model.version, time.monotonic() - started)
-        old_entities = self.entities()
-        self.climatology = self._load_climatology()
-        self.model, self.info, self.model_error = model, info, None
-        self.model_reloads += 1
-        if self.entities() != old_entities:
-            self.refresh_features()  # the new model serves other cells: read those (rebuilds)
-        else:
-            self.rebuild()
+        climatology = self._load_climatology()
+        with self._lock:
+            view = self.view
+            entities = entities_of(model, climatology)
+            features = view.features
+            if entities != entities_of(view.model, view.climatology):  # it serves other cells: read those
+                features = self._read_features(entities, None)
+            self._publish(model=model, info=info, climatology=climatology, features=features)
+            self.model_error = None
+            self.model_reloads += 1
         log.info("serving champion v%s, %.1f s after the move was seen", model.version, time.monotonic() - started)
         return True
 
-    @property
-    def model_version(self) -> str | None:
-        return self.model.version if self.model else None
-
     # -- view -------------------------------------------------------------------------------------------
-    def rebuild(self) -> None:
-        """Build and swap in a new view if the model, the features or the reference time changed."""
-        with self._lock:
-            newest = self.features.newest if self.features is not None else None
-            reference, self.lag_reason = reference_time(newest, self.climatology, self.clock(), self.settings)
-            key = (reference, self.lag_reason, id(self.model), id(self.features), id(self.climatology))
-            if self.view is not None and key == self._built_key:
-                return
-            table = build_table(
-                self.settings,
-                self.entities(),
-                forecaster=self.model.forecaster if self.model else None,
-                model_version=self.model_version,
-                features=self.features.frame if self.features is not None else None,
-                climatology=self.climatology,
-                reference=reference,
-                reason_all=self.lag_reason,
-                store_error=self.store_error,
-            )
-            self.view = View(table=table, model=self.model, info=self.info)  # the atomic swap
-            self._built_key = key
+    def _publish(self, **parts) -> None:
+        """Build the forecast table from the current view with ``parts`` (model, info, climatology, features)
+        replaced, and publish it as the new view; nothing happens when no input of the table changed.
+        Called with the lock held."""
+        view = self.view
+        if view is not None:
+            parts = {
+                "model": view.model,
+                "info": view.info,
+                "climatology": view.climatology,
+                "features": view.features,
+                **parts,
+            }
+        model, features, climatology = parts["model"], parts["features"], parts["climatology"]
+        newest = features.newest if features is not None else None
+        reference, self.lag_reason = reference_time(newest, climatology, self.clock(), self.settings)
+        key = (reference, self.lag_reason, id(model), id(features), id(climatology))
+        if view is not None and key == view.key:
+            return
+        table = build_table(
+            self.settings,
+            entities_of(model, climatology),
+            forecaster=model.forecaster if model else None,
+            model_version=model.version if model else None,
+            features=features.frame if features is not None else None,
+            climatology=climatology,
+            reference=reference,
+            reason_all=self.lag_reason,
+            store_error=self.store_error,
+        )
+        self.view = View(table=table, key=key, **parts)  # the one assignment readers see
+
+    def describe(self, err: Exception) -> str:
+        """``Type: message`` of a failure with the passwords of server addresses masked (clients such as
+        MLflow quote the URI they were given in their errors)."""
+        return self.settings.redact(background.describe(err))
 
     # -- status -----------------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready = a model is loaded and the online store was read and is fresh; reasons say what is not."""
+        view = self.view
+        model = view.model if view is not None else None
+        features = view.features if view is not None else None
         reasons = []
-        if self.model is None:
+        if model is None:
             reasons.append(self.model_error or "no model loaded")
         if self.store_error:
-            if self.features is None:
+            if features is None:
                 reasons.append(f"{self.store_error}; every cell gets the climatology fallback")
             else:
                 grace = self.settings.store_grace_seconds
                 reasons.append(f"{self.store_error}; the last snapshot serves for up to {grace:g} s")
-        elif self.features is None:
+        elif features is None:
             reasons.append("online features not read yet")
         if self.lag_reason:
             reasons.append(f"{self.lag_reason}; every cell gets the climatology fallback")
-        view = self.view
         if view is not None and view.table.model_error:
             reasons.append(f"{view.table.model_error}; the climatology fallback serves instead")
         if not reasons and view is not None and view.table.reason_all:  # the store is back, the view not yet
@@ -317,12 +352,13 @@ class ServingState:
         ready = not reasons
         if ready and view is not None and view.table.degraded:
             reasons.append(f"{view.table.degraded} cells degraded (missing or stale features)")
-        if self.registry_error and self.model is not None:
+        if self.registry_error and model is not None:
             reasons.append(f"{self.registry_error}; the loaded model keeps serving")
         return ready, reasons
 
     def feature_age_seconds(self) -> float | None:
-        newest = self.features.newest if self.features is not None else None
+        view = self.view
+        newest = view.features.newest if view is not None and view.features is not None else None
         return None if newest is None else (self.clock() - newest).total_seconds()
 
     def degraded_share(self) -> float:

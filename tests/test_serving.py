@@ -23,6 +23,9 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from pulse.settings import MODEL_NAME, PulseSettings
 from serving.app import create_app
@@ -272,8 +275,8 @@ def test_repeated_forecast_queries_are_answered_by_the_fast_path_until_the_view_
 
 
 # -- auth ----------------------------------------------------------------------------------------------------
-def test_auth_401_without_key_403_with_wrong_key(client, cells, caplog):
-    routes = [
+def protected_routes(cells: list[str]) -> list[tuple[str, str, dict]]:
+    return [
         ("GET", "/v1/forecast", {"params": {"hex_id": cells[0], "service_type": 1}}),
         ("POST", "/v1/forecast/batch", {"json": {"items": [{"hex_id": cells[0], "service_type": 1}]}}),
         ("GET", "/v1/heatmap", {"params": {"service_type": 1}}),
@@ -281,24 +284,75 @@ def test_auth_401_without_key_403_with_wrong_key(client, cells, caplog):
         ("GET", "/v1/model", {}),
         ("GET", "/v1/cells", {"params": {"service_type": 1}}),
     ]
+
+
+def served_as(app, where: str) -> tuple[TestClient, str]:
+    """A client without key on ``app`` served directly, mounted under /pulse, or behind a proxy's root_path (the
+    scope uvicorn --root-path /api makes: the path keeps the prefix); and the prefix its URLs carry."""
+    if where == "mounted":
+        return TestClient(Starlette(routes=[Mount("/pulse", app=app)])), "/pulse"
+    if where == "root_path":
+        return TestClient(app, root_path="/api"), "/api"
+    return TestClient(app), ""
+
+
+@pytest.mark.parametrize("where", ["direct", "mounted", "root_path"])
+def test_auth_401_without_key_403_with_wrong_key(client, cells, caplog, where):
     caplog.set_level(logging.DEBUG)
-    anonymous = TestClient(client.app)  # the same running app, no key
-    for method, path, kw in routes:
-        r = anonymous.request(method, path, **kw)
-        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
-        r = anonymous.request(method, path, headers={"Authorization": "Basic " + KEYS[0]}, **kw)
-        assert r.status_code == 401, path
-        r = anonymous.request(method, path, headers={"Authorization": "Bearer not-a-key"}, **kw)
-        assert r.status_code == 403, path
+    anonymous, prefix = served_as(client.app, where)  # the same running app
+    for method, path, kw in protected_routes(cells):
+        url = prefix + path
+        r = anonymous.request(method, url, **kw)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (url, r.text)
+        r = anonymous.request(method, url, headers={"Authorization": "Basic " + KEYS[0]}, **kw)
+        assert r.status_code == 401, url
+        r = anonymous.request(method, url, headers={"Authorization": "Bearer not-a-key"}, **kw)
+        assert r.status_code == 403, url
         for key in KEYS:
-            r = anonymous.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
-            assert r.status_code == 200, (path, r.text)
-    for open_path in ("/health", "/ready", "/metrics", "/"):
-        assert anonymous.get(open_path).status_code == 200, open_path
+            r = anonymous.request(method, url, headers={"Authorization": f"Bearer {key}"}, **kw)
+            assert r.status_code == 200, (url, r.text)
+    # Refused before validation: without a key, a malformed query says nothing about the route.
+    assert anonymous.get(f"{prefix}/v1/forecast", params={"hex_id": "zz", "service_type": "x"}).status_code == 401
+    for open_path in ("/health", "/ready", "/metrics", "/", "/static/map.js"):
+        assert anonymous.get(prefix + open_path).status_code == 200, open_path
     logged = caplog.text + repr(client.app.state.settings)
     assert not any(key in logged for key in KEYS), "an API key was logged"
-    spec = client.get("/openapi.json").json()
-    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("where", ["direct", "mounted", "root_path"])
+def test_fast_path_answers_only_requests_with_a_key(client, cells, where):
+    """A remembered query string is answered before routing: the fast path checks the key itself. A body planted
+    under a query string FastAPI would answer too (it ignores the unknown parameter) shows which path answered."""
+    anonymous, prefix = served_as(client.app, where)
+    query = f"hex_id={cells[1]}&service_type=2&probe={where}"
+    view = client.app.state.serving.view
+    view.answers[query.encode()] = planted = b'{"planted": true}'
+    url = f"{prefix}/v1/forecast?{query}"
+    try:
+        r = anonymous.get(url)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        assert anonymous.get(url, headers={"Authorization": "Basic " + KEYS[0]}).status_code == 401
+        assert anonymous.get(url, headers={"Authorization": "Bearer not-a-key"}).status_code == 403
+        assert anonymous.post(url, headers=AUTH).status_code == 405  # only GET is remembered
+        for key in KEYS:
+            r = anonymous.get(url, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200 and r.content == planted, "the fast path did not answer"
+    finally:
+        del view.answers[query.encode()]
+    assert client.get(f"/v1/forecast?{query}").json()["hex_id"] == cells[1]  # routed again once forgotten
+
+
+def test_openapi_documents_the_bearer_scheme_on_every_v1_operation(client):
+    spec = TestClient(client.app).get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from PULSE_API_KEYS, as `Authorization: Bearer <key>`.",
+    }
+    v1 = [op for path, ops in spec["paths"].items() if path.startswith("/v1/") for op in ops.values()]
+    assert len(v1) == 6 and all(op["security"] == [{"HTTPBearer": []}] for op in v1)
+    for path in ("/health", "/ready", "/metrics"):
+        assert "security" not in spec["paths"][path]["get"], path
 
 
 # -- faults -------------------------------------------------------------------------------------------------
@@ -462,59 +516,119 @@ def test_registry_on_a_closed_port_at_start_serves_the_cached_champion(home, cel
         assert c.get("/v1/model").status_code == 503
 
 
-def test_new_champion_swapped_in_without_restart_then_registry_unreachable(home, cells):
-    """A new version moved to @champion is served within 30 s, no request failing meanwhile; when the registry
-    then sits behind a closed port, the loaded champion keeps serving."""
-    from mlflow import MlflowClient
+def register_wider_champion(settings: PulseSettings) -> str:
+    """Register (without moving any alias) the champion with a larger dispersion: the same means, wider p10-p90,
+    so a forecast's numbers tell which version computed it."""
+    import mlflow
 
+    from pulse import registry
+
+    forecaster = registry.load_alias(settings).forecaster
+    forecaster.dispersion = {h: 4 * a + 0.5 for h, a in forecaster.dispersion.items()}
+    forecaster.level_dispersion = {h: [4 * a + 0.5 for a in v] for h, v in forecaster.level_dispersion.items()}
+    registry.client(settings)  # points mlflow at this city's registry
+    with mlflow.start_run(experiment_id=registry.experiment_id(settings)) as run:
+        return registry.log_forecaster(forecaster, run.info.run_id)
+
+
+def test_new_champion_swapped_in_without_restart_then_registry_unreachable(home, cells):
+    """A new version moved to @champion is served within 30 s, no request failing meanwhile, and every answer
+    names the version it was computed with: each forecast equals that version's own forecast, and one client
+    asking /v1/model, /ready, /v1/heatmap and /v1/forecast in turn never sees the version go back. When the
+    registry then sits behind a closed port, the loaded champion keeps serving."""
     settings = make_settings(home, model_poll_seconds=0.5)
+    new_version = register_wider_champion(settings)
+    queries = [(h, s) for s in (1, 2) for h in cells]
     app = create_app(settings)
     with TestClient(app) as c:
         before = c.get("/v1/model").json()
-        assert before["source"] == "registry"
-        failures, versions, stop = [], set(), threading.Event()
+        assert before["source"] == "registry" and before["version"] != new_version
+
+        def forecast(hex_id: str, service_type: int):
+            return c.get("/v1/forecast", params={"hex_id": hex_id, "service_type": service_type})
+
+        expected = {before["version"]: {q: forecast(*q).json() for q in queries}}
+        failures, answers, sequences, stop = [], [], [], threading.Event()
 
         def hammer():
             i = 0
             while not stop.is_set():
-                r = c.get("/v1/forecast", params={"hex_id": cells[i % len(cells)], "service_type": 1 + i % 2})
+                q = queries[i % len(queries)]
+                r = forecast(*q)
                 if r.status_code != 200:
                     failures.append(r.text)
                 else:
-                    versions.add(r.json()["model_version"])
+                    answers.append((q, r.json()))
                 i += 1
 
-        worker = threading.Thread(target=hammer)
-        worker.start()
+        def in_turn():
+            i = 0
+            while not stop.is_set():
+                seen = [
+                    c.get("/v1/model").json()["version"],
+                    c.get("/ready").json()["model_version"],
+                    c.get("/v1/heatmap", params={"service_type": 1}).json()["model_version"],
+                    forecast(*queries[i % len(queries)]).json()["model_version"],
+                    c.get("/health").json()["model_version"],
+                ]
+                sequences.append(seen)
+                i += 1
+
+        workers = [threading.Thread(target=hammer), threading.Thread(target=in_turn)]
+        for worker in workers:
+            worker.start()
         try:
-            registry = MlflowClient(settings.tracking_uri)
-            old = registry.get_model_version(MODEL_NAME, before["version"])
-            logged_model = old.source.removeprefix("models:/")  # MLflow 3: versions point at logged models
-            new = registry.create_model_version(MODEL_NAME, old.source, run_id=old.run_id, model_id=logged_model)
-            new_version = str(new.version)
-            registry.set_registered_model_alias(MODEL_NAME, "champion", new_version)
+            from mlflow import MlflowClient
+
+            MlflowClient(settings.tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", new_version)
             moved = time.monotonic()
             while c.get("/v1/model").json()["version"] != new_version:
                 assert time.monotonic() - moved < 30, "new champion not picked up within 30 s"
                 time.sleep(0.2)
-            while new_version not in versions and time.monotonic() - moved < 40:
+            while new_version not in {a[1]["model_version"] for a in answers[-50:]} and time.monotonic() - moved < 40:
                 time.sleep(0.1)
+            time.sleep(0.5)
         finally:
             stop.set()
-            worker.join()
+            for worker in workers:
+                worker.join()
         assert not failures, failures[:3]
-        assert versions == {before["version"], new_version}
+        expected[new_version] = {q: forecast(*q).json() for q in queries}
+        changed = sum(expected[before["version"]][q] != expected[new_version][q] for q in queries)
+        assert changed > len(queries) / 2, "the two versions should forecast differently"
+        assert {a[1]["model_version"] for a in answers} == {before["version"], new_version}
+        for q, body in answers:
+            assert body == expected[body["model_version"]][q], (q, body["model_version"])
+        order = [int(v) for seen in sequences for v in seen]
+        assert len(set(order)) == 2 and order == sorted(order), "a version was reported before it was served"
         info = f'pulse_model_info{{source="registry",version="{new_version}"}}'
         assert info in c.get("/metrics").text
 
         state = app.state.serving
-        state.settings = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+        state.settings = settings.model_copy(
+            update={"mlflow_tracking_uri": SecretStr(f"http://127.0.0.1:{free_port()}")}
+        )
         assert not state.poll_model()  # what the background poller does every model_poll_seconds
         card = c.get("/v1/model").json()
         assert card["version"] == new_version and "registry poll failed" in card["registry_error"]
         assert c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).status_code == 200
         assert c.get("/ready").status_code == 200
         assert "pulse_registry_up 0.0" in c.get("/metrics").text
+
+
+def test_registry_credentials_never_reach_logs_or_answers(home, cells, caplog):
+    """MLflow's errors quote the tracking URI, password included; the server's messages (logs, /ready, which is
+    open, and /v1/model) mask it and still name the server."""
+    caplog.set_level(logging.DEBUG)
+    with TestClient(create_app(make_settings(home))) as c:  # a first start caches the champion
+        assert c.get("/v1/model").status_code == 200
+    closed = f"http://u:s3cret@127.0.0.1:{free_port()}"
+    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+        c.app.state.serving.poll_model()
+        ready, card = c.get("/ready").json(), c.get("/v1/model").json()
+        shown = " ".join(ready["reasons"]) + card["registry_error"] + caplog.text
+    assert "registry" in card["registry_error"] and "127.0.0.1" in card["registry_error"]
+    assert "s3cret" not in shown and "u:***@127.0.0.1" in shown
 
 
 # -- the OpenAPI spec, property-based -----------------------------------------------------------------------

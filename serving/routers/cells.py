@@ -4,11 +4,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
+from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.routers.forecast import ERRORS, JSON
 from serving.schemas import CellList
 
-router = APIRouter(prefix="/v1", tags=["cells"])
+router = APIRouter(prefix="/v1", tags=["cells"], dependencies=[API_KEY])
 
 
 @router.get("/cells", response_model=CellList, responses=ERRORS)

@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from pulse.forecast_table import parse_horizons
 from pulse.forecasting import BadRequest, check_cell
+from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.schemas import BatchRequest, BatchResponse, Forecast
 from serving.state import View
 
-router = APIRouter(prefix="/v1", tags=["forecast"])
+router = APIRouter(prefix="/v1", tags=["forecast"], dependencies=[API_KEY])
 JSON = "application/json"
 ERRORS = {
     401: {"description": "No API key."},

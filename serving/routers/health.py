@@ -13,9 +13,10 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> Health:
     """Always 200 while the process runs; `status` says whether anything could be loaded."""
     state = getattr(request.app.state, "serving", None)
-    if state is None or state.view is None:
+    view = state.view if state is not None else None
+    if view is None:
         return Health(status="degraded", detail=getattr(request.app.state, "load_error", None) or "starting")
-    return Health(status="ok", model_version=state.model_version)
+    return Health(status="ok", model_version=view.model_version)
 
 
 @router.get("/ready", response_model=Ready, responses={503: {"model": Ready, "description": "Not ready; see reasons."}})
@@ -35,12 +36,12 @@ async def ready(request: Request) -> JSONResponse:
             reasons=[reason],
         )
         return JSONResponse(body.model_dump(mode="json"), status_code=503)
+    view = state.view  # before readiness: the reasons may describe a newer view, never an older one
     ok, reasons = state.readiness()
-    view = state.view
     body = Ready(
         ready=ok,
-        model_version=state.model_version,
-        model_source=state.info.source if state.info else None,
+        model_version=view.model_version if view else None,
+        model_source=view.info.source if view and view.info else None,
         reference=view.table.reference if view else None,
         feature_read_at=state.feature_read_at,
         cells=len(view.table.cells) if view else 0,

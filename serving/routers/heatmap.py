@@ -8,11 +8,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from pulse.forecast_table import parse_horizons
 from pulse.forecasting import BadRequest
+from serving.auth import API_KEY
 from serving.deps import view_of
 from serving.routers.forecast import ERRORS, JSON
 from serving.schemas import Heatmap
 
-router = APIRouter(prefix="/v1", tags=["heatmap"])
+router = APIRouter(prefix="/v1", tags=["heatmap"], dependencies=[API_KEY])
 
 
 @router.get("/heatmap", response_model=Heatmap, responses=ERRORS)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, HTTPException
 
 from pulse.registry import CHAMPION
 from pulse.settings import FEATURE_SERVICE, MODEL_NAME
+from serving.auth import API_KEY
 from serving.deps import StateDep
 from serving.routers.forecast import ERRORS
 from serving.schemas import BacktestRow, ModelCard, TrainingWindow
 
-router = APIRouter(prefix="/v1", tags=["model"])
+router = APIRouter(prefix="/v1", tags=["model"], dependencies=[API_KEY])
 
 
 def _int(v: str | None) -> int | None:
@@ -24,8 +25,10 @@ def _int(v: str | None) -> int | None:
 
 @router.get("/model", response_model=ModelCard, responses=ERRORS)
 async def get_model(state: StateDep) -> ModelCard:
-    """Champion version, training window, feature service and held-out backtest figures per horizon."""
-    model, info = state.model, state.info
+    """Champion version, training window, feature service and held-out backtest figures per horizon: the
+    champion the forecasts are being computed with."""
+    view = state.view
+    model, info = (view.model, view.info) if view is not None else (None, None)
     if model is None or info is None:
         raise HTTPException(503, detail=state.model_error or "no model loaded")
     p, m, f = info.params, info.metrics, model.forecaster

@@ -8,11 +8,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from pulse.forecasting import BadRequest, check_cell
 from pulse.repositioning import plan_moves
+from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.routers.forecast import ERRORS
 from serving.schemas import Move, Recommendations
 
-router = APIRouter(prefix="/v1", tags=["recommendations"])
+router = APIRouter(prefix="/v1", tags=["recommendations"], dependencies=[API_KEY])
 
 
 @router.get(
