@@ -54,7 +54,7 @@ test: install system-deps browser lint
 
 # The serving benchmark (README "Serving"): needs the demo city, builds it when missing.
 bench-serving: install
-	$(UV) run --frozen python -m bench.serving_bench
+	$(UV) run --frozen python -m bench.serving_bench --write-readme --json bench/results/serving.json
 
 # The forecast-quality benchmark (README "Forecast quality"): backtests the last 7 days of the default simulated
 # city (built under bench/results/tmp/default when missing) and checks the goals at 60 minutes.
