@@ -102,14 +102,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def validate(name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None) -> SuiteOutcome:
-    """Validate ``frame`` against suite ``name``; failed expectations carry up to 5 sample row indices."""
+def validate(
+    name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None, batch: str | None = None
+) -> SuiteOutcome:
+    """Validate ``frame`` against suite ``name``; failed expectations carry up to 5 sample row indices.
+    ``batch`` names the slice validated (a day) in the outcome: ``name[batch]``.
+
+    A first pass asks GX for pass/fail only (about 4× faster on a million rows: no unexpected-value lists);
+    only a suite that fails is run again for its failing values and sample rows."""
     frame = frame.reset_index(drop=True)
-    result = _validation_definition(name).run(
+    definition = _validation_definition(name)
+    parameters = parameters or {}
+    result = definition.run(
         batch_parameters={"dataframe": frame},
-        expectation_parameters=parameters or {},
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
+        expectation_parameters=parameters,
+        result_format={"result_format": "BOOLEAN_ONLY"},
     )
+    if not result.success:
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=parameters,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
+        )
+    shown = f"{name}[{batch}]" if batch else name
     failed: list[FailedExpectation] = []
     sample: list[int] = []
     for r in result.results:
@@ -133,10 +148,10 @@ def validate(name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None =
         if messages:
             observed["error"] = messages[0]
         index = [i for i in res.get("partial_unexpected_index_list") or [] if isinstance(i, int | np.integer)]
-        failed.append(FailedExpectation(name, cfg.type, kwargs, observed, index[:SAMPLE_ROWS]))
+        failed.append(FailedExpectation(shown, cfg.type, kwargs, observed, index[:SAMPLE_ROWS]))
         sample += [i for i in index[:SAMPLE_ROWS] if i not in sample]
     rows = frame.loc[sample[: 4 * SAMPLE_ROWS]] if sample else frame.iloc[:0]
-    return SuiteOutcome(name, len(frame), int(result.statistics["evaluated_expectations"]), failed, rows)
+    return SuiteOutcome(shown, len(frame), int(result.statistics["evaluated_expectations"]), failed, rows)
 
 
 @dataclass
@@ -146,10 +161,14 @@ class Validation:
     outcomes: list[SuiteOutcome]
     partitions: list[str]
     notes: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why there was nothing to validate, when that is right (a feed the city lacks)
 
     @property
     def success(self) -> bool:
-        return all(o.success for o in self.outcomes)
+        """Every suite passed; nothing validated is a failure unless the validation was skipped for a reason."""
+        if self.skipped:
+            return True
+        return bool(self.outcomes) and all(o.success for o in self.outcomes)
 
     @property
     def failed(self) -> list[FailedExpectation]:
@@ -164,6 +183,8 @@ class Validation:
             },
             "failed_expectations": [f.describe() for f in self.failed],
         }
+        if self.skipped:
+            meta["skipped"] = self.skipped
         samples = [o.sample_rows.assign(_suite=o.suite) for o in self.outcomes if len(o.sample_rows)]
         if samples:
             meta["sample_rows"] = markdown_table(pd.concat(samples).head(4 * SAMPLE_ROWS))

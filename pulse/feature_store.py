@@ -9,6 +9,7 @@ import importlib
 import os
 import threading
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -38,32 +39,30 @@ def feature_store_yaml(settings: PulseSettings) -> str:
 
 
 def open_store(settings: PulseSettings) -> FeatureStore:
+    """The store of ``settings``' home: its folder is Feast's repo path, which the YAML's relative paths
+    (registry, SQLite online store) resolve against."""
     from feast import FeatureStore
 
-    # feature_store.yaml and data_sources.py resolve paths from PULSE_HOME; pin it to this settings' home.
-    os.environ["PULSE_HOME"] = str(settings.home)
     if settings.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
         os.environ["FEAST_REDIS_CONNECTION"] = settings.redis_url.get_secret_value()
-    (settings.home / "feast").mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(FEATURE_REPO), fs_yaml_file=feature_store_yaml(settings))
+    folder = settings.home / "feast"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(folder), fs_yaml_file=Path(feature_store_yaml(settings)))
 
 
-def repository_objects() -> list:
+def repository_objects(settings: PulseSettings) -> list:
+    """Feast objects of ``feature_repo/`` for the store of ``settings``, built now with its paths."""
     from feature_repo import data_sources, entities, feature_services, feature_views
 
-    return [
-        entities.cell,
-        entities.service_type,
-        data_sources.demand_features_source,
-        feature_views.cell_service_demand_15min,
-        feature_services.demand_forecast_v1,
-    ]
+    source = data_sources.demand_features_source(settings.feast_offline_dir)
+    view = feature_views.cell_service_demand_15min(source)
+    return [entities.cell, entities.service_type, source, view, feature_services.demand_forecast_v1(view)]
 
 
 def apply_repository(settings: PulseSettings) -> list[str]:
     """`feast apply`, programmatically (the CLI costs ~13 s of start-up per call)."""
     store = open_store(settings)
-    objects = repository_objects()
+    objects = repository_objects(settings)
     store.apply(objects)
     return [o.name for o in objects]
 

@@ -66,8 +66,8 @@ LANDING_TABLES = ("ride_requests", "driver_pings", "price_quotes", "weather", "e
 
 @contextmanager
 def pulse_env(values: dict[str, str]):
-    """Set environment variables for a block and restore PULSE_*/DAGSTER_HOME exactly afterwards (runs set
-    PULSE_HOME for Feast; the end-to-end city must keep its own)."""
+    """Set environment variables for a block and restore PULSE_*/DAGSTER_HOME exactly afterwards (the
+    end-to-end city must keep its own)."""
     keys = {k for k in os.environ if k.startswith("PULSE_")} | {"DAGSTER_HOME"} | set(values)
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(values)

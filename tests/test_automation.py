@@ -145,3 +145,64 @@ def test_rollback_moves_champion_to_the_one_it_replaced(tmp_path, monkeypatch):
     assert again.exit_code == 1 and registry.alias_version(settings, registry.CHAMPION) == "1"
     status = runner.invoke(app, ["model", "status"])
     assert status.exit_code == 0 and "champion" in status.output
+
+
+# Landing sensor on a landing zone of its own ----------------------------------------------------------------
+def test_landing_sensor_sees_a_corrected_day_whose_mtime_was_preserved(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import time
+
+    from pulse.ingest import landing_file
+    from pulse_assets.definitions import defs
+    from pulse_assets.resources import PulseResource
+
+    monkeypatch.setenv("PULSE_LANDING_SETTLE_SECONDS", "0")
+    settings = PulseSettings(home=tmp_path / "home")
+    day = date(2026, 11, 1)
+    path = landing_file(settings, "ride_requests", day)
+    path.parent.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    requests = pd.DataFrame({"request_id": [f"r{i:04d}" for i in range(500)], "pickup_lat": rng.uniform(40, 41, 500)})
+    landed_at = time.time() - 86_400
+
+    def land(frame: pd.DataFrame, where) -> None:
+        """Write ``frame`` elsewhere with the day's original mtime, then copy it in as `cp -p` would."""
+        scratch = tmp_path / "scratch.parquet"
+        frame.to_parquet(scratch, index=False, compression=None, use_dictionary=False)
+        os.utime(scratch, (landed_at, landed_at))
+        shutil.copy2(scratch, where)
+
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = {"value": None}
+
+    def tick(fresh: bool = False) -> list[str]:
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=None if fresh else cursor["value"],
+            definitions=defs,
+            resources={"pulse": PulseResource(home=str(settings.home))},
+        )
+        data = defs.resolve_sensor_def("landing_sensor").evaluate_tick(context)
+        cursor["value"] = data.cursor
+        return [r.partition_key for r in data.run_requests]
+
+    land(requests, path)
+    assert tick() == [day.isoformat()]
+    assert tick() == []  # an unchanged day: nothing
+    size = path.stat().st_size
+    corrected = requests.copy()
+    corrected.loc[250, "pickup_lat"] = (corrected["pickup_lat"].min() + corrected["pickup_lat"].max()) / 2
+    land(corrected, path)
+    assert (path.stat().st_size, path.stat().st_mtime) == (size, landed_at)  # same size, the old mtime
+    assert tick() == [day.isoformat()]
+    assert tick() == []
+
+    # Loaded before the sensor first saw it (`pulse materialize`), then corrected with the old mtime kept.
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=dg.AssetKey(["raw", "ride_requests"]), partition=day.isoformat())
+    )
+    assert tick(fresh=True) == []  # loaded since it landed
+    time.sleep(0.05)
+    land(requests, path)
+    assert tick(fresh=True) == [day.isoformat()]

@@ -23,7 +23,7 @@ def test_every_suite_is_a_gx_suite_covering_its_contract():
     for name in names:
         suite = gx.ExpectationSuite(**runner.load_suite_json(name))
         assert suite.name == name and suite.expectations
-    for name in ("raw_ride_requests", "fct_demand_features_15min", "training_set"):  # schemas follow the code
+    for name in ("fct_demand_features_15min", "training_set"):  # schemas follow the code
         kinds = {e["type"]: e["kwargs"] for e in runner.load_suite_json(name)["expectations"]}
         assert kinds["expect_table_columns_to_match_set"]["column_set"] == {"$PARAMETER": "columns"}
 
@@ -78,6 +78,102 @@ def test_raw_suite_passes_a_clean_day_and_names_faults(ingested):
     failed = checks.raw_events(con, settings, "ride_requests", [day]).metadata()["failed_expectations"]
     assert any("proportion_of_non_null_values_to_be_between(rider_id)" in f for f in failed), failed
     reland(settings, con, day, lambda df: df)
+
+
+def test_raw_suites_hold_only_what_ingest_lets_through():
+    """Null required values, times outside the day, unknown service types or statuses and duplicate ids never
+    reach the raw tables (ingest quarantines them): an expectation of them there could never fail."""
+    for table, contract in ingest.CONTRACTS.items():
+        if table not in checks.RAW_TABLES:
+            continue
+        for e in runner.load_suite_json(f"raw_{table}")["expectations"]:
+            column = e["kwargs"].get("column")
+            assert e["type"] not in (
+                "expect_column_values_to_not_be_null",
+                "expect_column_values_to_be_unique",
+                "expect_column_values_to_be_in_set",
+                "expect_table_columns_to_match_set",
+            ), (table, e)
+            assert column != contract.ts_col, (table, e)
+
+
+def test_backfill_judges_each_day_against_the_city_not_against_itself(ingested):
+    """A single-run backfill from the city's first day has no trailing days: bounds and null-share floors come
+    from the run's days robustly (median, MAD), and every day is judged on its own."""
+    settings, con = ingested
+    days = [START + timedelta(days=d) for d in range(3)]
+    clean = checks.raw_events(con, settings, "ride_requests", days)
+    assert clean.success, clean.metadata()["failed_expectations"]
+
+    def swap(df):
+        rows = np.random.default_rng(1).random(len(df)) < 0.3
+        df.loc[rows, ["pickup_lat", "pickup_lng"]] = df.loc[rows, ["pickup_lng", "pickup_lat"]].to_numpy()
+        return df
+
+    try:
+        reland(settings, con, days[0], swap)  # the first day of the city, the worst case
+        reland(settings, con, days[1], lambda df: df.drop(columns=["status"]))
+        failed = checks.raw_events(con, settings, "ride_requests", days).metadata()["failed_expectations"]
+        assert any(f"raw_ride_requests[{days[0]}]: expect_column_values_to_be_between(pickup_lat)" in f for f in failed)
+        assert any(
+            f"raw_ride_requests[{days[1]}]: expect_column_proportion_of_non_null_values_to_be_between(status)" in f
+            for f in failed
+        ), failed
+        assert not any(f"[{days[2]}]" in f for f in failed), failed
+        assert any("from the run's own days" in n for n in clean.notes)
+    finally:
+        for day in days[:2]:
+            reland(settings, con, day, lambda df: df)
+
+
+def test_nothing_to_validate_is_a_failure_unless_skipped_for_a_reason(ingested, tmp_path):
+    settings, con = ingested
+    assert not runner.Validation([], ["2026-10-26"]).success
+    far = [START + timedelta(days=40)]  # no landing file, no history
+    requests = checks.raw_events(con, settings, "ride_requests", far)
+    assert not requests.success and "no ride requests" in requests.notes[0]
+    pings = checks.raw_events(con, settings, "driver_pings", far)  # an optional feed this city never had
+    assert pings.success and pings.skipped and pings.metadata()["skipped"].startswith("no driver_pings feed")
+    with duckdb.connect(str(tmp_path / "facts.duckdb")) as facts_con:
+        synthetic_facts(facts_con)
+        empty = checks.facts(facts_con, settings, far)
+        assert not empty.success
+        assert not next(o for o in empty.outcomes if o.suite == "fct_demand_15min").success
+
+
+def test_champion_forecasts_check_skips_without_champion_and_fails_without_forecasts(tiny_home, tmp_path):
+    import dagster as dg
+
+    from pulse_assets.partitions import daily_partitions
+    from pulse_assets.quality import MODEL_DRIFT, champion_forecasts_check, drift_forecast_path
+    from pulse_assets.resources import PulseResource
+
+    settings = PulseSettings(home=tmp_path)
+    day = START + timedelta(days=3)
+
+    def run(champion: str):
+        @dg.asset(key=MODEL_DRIFT, partitions_def=daily_partitions)
+        def model_drift() -> dg.MaterializeResult:
+            return dg.MaterializeResult(metadata={"champion_version": champion})
+
+        result = dg.materialize(
+            [model_drift, champion_forecasts_check],
+            partition_key=day.isoformat(),
+            instance=dg.DagsterInstance.ephemeral(),
+            resources={"pulse": PulseResource(home=str(tmp_path))},
+            raise_on_error=False,
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    skipped = run("none")
+    assert skipped.passed and skipped.description.startswith("skipped: no champion yet")
+    missing = run("3")
+    assert not missing.passed and "no champion forecasts" in missing.description
+    path = drift_forecast_path(settings, day)
+    path.parent.mkdir(parents=True)
+    forecast_frame().to_parquet(path)
+    assert run("3").passed
 
 
 def synthetic_facts(con, days: int = 8) -> list[date]:

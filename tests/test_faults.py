@@ -109,3 +109,28 @@ def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, nam
     assert registry.alias_version(settings, registry.CHALLENGER) == challenger
     assert snapshot(settings, day) == good, "rows of the good days changed"
     assert len(good["raw"]) >= 5 and all(n > 1000 for _, n in good["raw"])
+
+
+def test_swapped_coordinates_are_stopped_in_a_backfill_from_the_first_day(quality):
+    """A single-run backfill of days 1–7 (`pulse materialize`, `make demo`): no day before it to learn the city
+    from, so the run's own days define it, robustly: the faulty day still fails, and nothing after raw runs."""
+    city, settings = quality, quality.settings
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    good = snapshot(settings, city.day(6))
+    city.land(6)
+    day = city.land(FAULT_DAY, ride_requests=swap_coordinates)
+    tags = {
+        "dagster/asset_partition_range_start": city.day(1).isoformat(),
+        "dagster/asset_partition_range_end": day.isoformat(),
+    }
+    job = city.defs.resolve_job_def("ingest_day")
+    result = job.execute_in_process(instance=city.instance, tags=tags, raise_on_error=False)
+    assert not result.success
+    message = failure_of(result, "raw/ride_requests:great_expectations")
+    assert f"raw_ride_requests[{day}]: expect_column_values_to_be_between(pickup_lat)" in message, message[:2000]
+    assert "from the run's own days" in message
+    assert f"raw_ride_requests[{city.day(6)}]: expect" not in message  # the good days pass
+    done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
+    assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
+    assert registry.alias_version(settings, registry.CHAMPION) == champion
+    assert snapshot(settings, city.day(6)) == good, "rows of the good days changed"
