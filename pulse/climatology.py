@@ -6,11 +6,13 @@ buckets starting at the same local time of week as T, on the city's clock (``Pul
 city younger than a week has none). Where the clock fell back, a local time of week occurs twice that day and
 both its buckets count; where it sprang forward, the skipped local hour has no bucket.
 
-dbt computes exactly this as ``tow_mean_4w_ahead_k`` of ``fct_demand_features_15min``, the climatology of the
-target k buckets after a feature row. Training reads it as a feature, ``pulse.baselines`` (backtests) and the
-promotion gate as the ``climatology_4w`` baseline. :func:`climatology_sql` is the same definition for callers
-that have the facts but no feature row: the serving fallback, which forecasts from the Feast offline Parquet
-export (``requests``; ``feature_ts`` is the bucket end) when a cell's online features are missing or stale.
+dbt computes this as ``tow_mean_4w_ahead_k`` of ``fct_demand_features_15min``, the climatology of the target
+k buckets after a feature row (except where a clock change falls between the row and its target: dbt counts
+the k buckets on the local clock and lands an hour off; tests/test_climatology.py marks it). Training reads it
+as a feature, ``pulse.baselines`` (backtests) and the promotion gate as the ``climatology_4w`` baseline.
+:func:`climatology_sql` is the same definition for callers that have the facts but no feature row: the serving
+fallback, which forecasts from the Feast offline Parquet export (``requests``; ``feature_ts`` is the bucket
+end) when a cell's online features are missing or stale.
 
 The fallback is built once when the server loads a model, for the week of targets after the newest bucket
 read: one mean per local 15-minute slot of the week, so a request costs one array lookup. A target a week or
