@@ -1,8 +1,9 @@
 """Baseline forecasters every model is judged against, computed from the same point-in-time feature rows.
 
 * ``seasonal_naive``: the target bucket one week earlier (``requests_last_week_ahead_k``);
-* ``climatology_4w``: the mean of the target's time-of-week bucket over the 4 weeks before it, over the
-  weeks present (``tow_mean_4w_ahead_k``);
+* ``climatology_4w``: the mean of the target's local time-of-week bucket over the 4 weeks before it, over
+  the buckets present (``tow_mean_4w_ahead_k``; ``pulse.climatology`` defines it, and the serving fallback
+  forecasts the same means);
 * ``last_value``: the demand of the bucket that ended at the origin (``requests``).
 
 p50 is the baseline's value itself; p10 and p90 are Poisson quantiles around it (a naive interval). Where

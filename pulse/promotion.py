@@ -9,7 +9,8 @@ The challenger (alias ``challenger``, moved by training) becomes ``champion`` on
    on the same rows, per horizon, within ``promotion_wape_tolerance``.
 3. ``better_than_climatology``: its WAPE beats the 4-week time-of-week climatology on the same rows: the
    figures `model/backtest` logs on the run (``backtest_model_wape_h``, ``backtest_climatology_4w_wape_h``),
-   else computed here on its held-out rows (``tow_mean_4w_ahead_k`` is exactly that baseline). A city younger
+   else computed here on its held-out rows with the same ``climatology_4w`` baseline (``pulse.climatology``
+   defines it; the serving fallback forecasts the same means). A city younger
    than the climatology's first week compares with the baseline training recorded (seasonal naive or last
    value).
 4. ``input_drift``: none of the days it adds to the champion's history has unresolved severe input drift.
@@ -32,8 +33,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import drift, metrics, registry
-from pulse.model import DemandForecaster, target_bucket
+from pulse import baselines, drift, metrics, registry
+from pulse.model import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 
@@ -137,7 +138,7 @@ def same_holdout_wape(
         if champ is not None and h in champion.horizons:
             p_champ = champ.loc[champ["horizon_min"] == h, "p50"].to_numpy(float)
             fig["champion"] = metrics.wape(actual[ok], p_champ[ok])
-        clim = pd.to_numeric(holdout[f"tow_mean_4w_ahead_{target_bucket(h)}"], errors="coerce").to_numpy(float)
+        clim = baselines.baseline_point(holdout, "climatology_4w", h)
         covered = ok & np.isfinite(clim)
         fig["climatology_rows"] = float(covered.sum())
         if covered.sum():

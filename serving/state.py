@@ -214,7 +214,7 @@ class ServingState:
 
     def _load_climatology(self) -> Climatology:
         try:
-            return Climatology.from_parquet(self.settings.feast_offline_dir / "demand_features")
+            return Climatology.from_parquet(self.settings.feast_offline_dir / "demand_features", self.settings.timezone)
         except Exception as err:  # a broken export must not keep the server from starting
             log.error("climatology unavailable: %s", self.settings.redact(str(err)))
             return Climatology()

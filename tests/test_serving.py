@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import h3
 import pytest
@@ -391,17 +392,17 @@ def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells
         for f in body["forecasts"]:
             assert f["surge"] is None and f["expected_supply"] is None and "fallback" in f["explanation"]
             assert f["p10"] <= f["p50"] <= f["p90"]
-        # The climatology mean: same slot of the week over the offline history (the tiny city has < 1 week,
-        # so the same time of day on the other days).
+        # The fallback mean: the 4-week climatology of the target's local time of week where it exists (the
+        # tiny city has < 1 week), else the same local time of day on the other days.
         import duckdb
 
-        target = datetime.fromisoformat(body["forecasts"][0]["target_start"])
+        tz = make_settings(home).timezone
+        target = datetime.fromisoformat(body["forecasts"][0]["target_start"]).astimezone(ZoneInfo(tz))
         files = home / "feast" / "offline" / "demand_features" / "*.parquet"
         with duckdb.connect() as con:
-            con.execute("SET TimeZone = 'UTC'")
             mean = con.execute(
                 f"""SELECT avg(requests) FROM read_parquet('{files}') WHERE hex_id = ? AND service_type = 1
-                    AND strftime(feature_ts - INTERVAL 15 MINUTE, '%H:%M') = ?""",
+                    AND strftime(timezone('{tz}', feature_ts - INTERVAL 15 MINUTE), '%H:%M') = ?""",
                 [victim[0], target.strftime("%H:%M")],
             ).fetchone()[0]
         assert body["forecasts"][0]["mean"] == pytest.approx(mean, abs=1e-3)

@@ -1,4 +1,5 @@
-"""The serving domain logic in `pulse/` on small hand-made inputs: surge, repositioning, climatology, explanations."""
+"""The serving domain logic in `pulse/` on small hand-made inputs: surge, repositioning, explanations
+(the climatology fallback: tests/test_climatology.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pandas as pd
 import pytest
 
 from pulse import explain
-from pulse.climatology import SLOTS_PER_DAY, Climatology, _fill, bucket_floor, week_slot
 from pulse.forecast_table import CellForecast, HorizonForecast, parse_horizons
 from pulse.forecasting import BadRequest
 from pulse.repositioning import confidence, pick_horizon, plan_moves
@@ -80,21 +80,6 @@ def test_confidence_and_horizon_choice():
     assert pick_horizon(4.0, [30, 60, 90]) == 30
     assert pick_horizon(20.0, [30, 60, 90]) == 60
     assert pick_horizon(200.0, [30, 60, 90]) == 90
-
-
-def test_climatology_fills_unseen_slots_from_the_time_of_day():
-    monday_8 = week_slot(T0)
-    assert monday_8 == 8 * 4 and week_slot(T0 + timedelta(days=1)) == SLOTS_PER_DAY + 32
-    rows = [("a", 1, monday_8, 4.0), ("a", 1, monday_8 + SLOTS_PER_DAY, 6.0), ("a", 1, 0, 1.0)]
-    means = _fill(rows)[("a", 1)]
-    assert means[monday_8] == 4.0 and means[monday_8 + SLOTS_PER_DAY] == 6.0
-    assert means[monday_8 + 2 * SLOTS_PER_DAY] == pytest.approx(5.0)  # Wednesday 08:00: mean of seen 08:00s
-    assert means[5] == pytest.approx(11.0 / 3)  # a time of day never seen: the cell's overall mean
-    clim = Climatology(means={("a", 1): means})
-    mu, p10, p50, p90 = clim.forecast("a", 1, T0)
-    assert mu == 4.0 and p10 <= p50 <= p90
-    assert clim.forecast("unknown", 1, T0) == (0.0, 0.0, 0.0, 0.0)
-    assert bucket_floor(T0 + timedelta(minutes=22, seconds=5)) == T0 + timedelta(minutes=15)
 
 
 def test_horizon_parsing_names_the_problem():
