@@ -11,9 +11,11 @@
   backtest (held-out) WAPE, and realised demand against forecast demand. Ratios ≥ 1.5 / 2.5 (WAPE) and
   demand outside [1/1.5, 1.5] of the forecast are moderate / severe.
 
-A day "raises drift" when any of the three is severe. Tests of a single day's distribution against weeks of
-reference need rows: below ``drift_min_rows`` rows the PSI/KS figures are reported but not judged (a day of
-one half-hourly series has 48 autocorrelated values, far too few for either test).
+All three are measured on the champion's population, the active cells and service types it was trained on:
+the other cells of ``dim_cells`` are in no reference and no backtest. A day "raises drift" when any of the
+three is severe. Tests of a single day's distribution against weeks of reference need rows: below
+``drift_min_rows`` rows the PSI/KS figures are reported but not judged (a day of one half-hourly series has
+48 autocorrelated values, far too few for either test).
 
 Pure pandas/numpy (plus MLflow for the artifacts): no Dagster, no Feast.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -365,27 +367,64 @@ def log_reference(train: pd.DataFrame, holdout: pd.DataFrame, seed: int = 7) -> 
             mlflow.log_artifact(str(path), artifact_path=str(Path(name).parent))
 
 
-def load_reference(settings: PulseSettings, run_id: str) -> Reference | None:
-    import mlflow
+class ArtifactUnavailable(RuntimeError):
+    """A training run's artifact could not be read: the tracking server or the artifact store failed. Not the
+    same as a run that never logged it: drift must not pass for want of its reference."""
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+
+def _run_artifact(settings: PulseSettings, run_id: str, artifact: str, dst: str) -> Path | None:
+    """Download one artifact of a training run; None only when the run's artifacts, which the store lists,
+    do not include it. A run whose store lists nothing at all has lost its store (every training run logs
+    ``features.json``): that, and any failure to ask, raises ``ArtifactUnavailable``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    where = f"{artifact} of run {run_id} ({settings.tracking_uri})"
     try:
-        return Reference.from_dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{REFERENCE_ARTIFACT}"))
-    except Exception:  # a run trained before references were stored
-        return None
+        listed = {f.path for f in client.list_artifacts(run_id, str(Path(artifact).parent))}
+        if artifact not in listed:
+            if not client.list_artifacts(run_id):
+                uri = client.get_run(run_id).info.artifact_uri
+                raise ArtifactUnavailable(f"cannot read {where}: the run's artifact store {uri} lists nothing")
+            return None
+        return Path(client.download_artifacts(run_id, artifact, dst))
+    except ArtifactUnavailable:
+        raise
+    except Exception as err:
+        raise ArtifactUnavailable(f"cannot read {where}: {type(err).__name__}: {err}") from err
+
+
+def load_reference(settings: PulseSettings, run_id: str) -> Reference | None:
+    """The drift reference of a training run; None when the run has none (trained before references were
+    stored). Raises ``ArtifactUnavailable`` when it cannot be read."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _run_artifact(settings, run_id, REFERENCE_ARTIFACT, tmp)
+        return None if path is None else Reference.from_dict(json.loads(path.read_text()))
 
 
 def load_run_frame(settings: PulseSettings, run_id: str, artifact: str) -> pd.DataFrame | None:
-    """A Parquet artifact of a training run (training sample or holdout), or None if the run has none."""
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    """A Parquet artifact of a training run (training sample or holdout); None when the run has none. Raises
+    ``ArtifactUnavailable`` when it cannot be read."""
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
-        except Exception:
-            return None
-        return pd.read_parquet(path)
+        path = _run_artifact(settings, run_id, artifact, tmp)
+        return None if path is None else pd.read_parquet(path)
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, datetime.min.time())
+    return start, start + timedelta(days=1)
+
+
+def day_feature_rows(con, day: date, columns: list[str], cells: list[str], service_types: list[int]) -> pd.DataFrame:
+    """``columns`` of the day's feature rows (buckets starting that day) of the champion's population: the
+    active cells and service types it was trained on, the rows its reference describes. The other cells of
+    ``dim_cells`` (a fifth of the rows in the demo city, nearly all zeros) are no part of what it learned."""
+    return con.execute(
+        f"""SELECT {", ".join(columns)} FROM main.fct_demand_features_15min
+            WHERE bucket_start >= ? AND bucket_start < ?
+              AND hex_id IN (SELECT unnest(?::VARCHAR[])) AND service_type IN (SELECT unnest(?::BIGINT[]))""",
+        [*day_bounds(day), list(cells), [int(s) for s in service_types]],
+    ).df()
 
 
 def to_json(day: DayDrift) -> str:

@@ -8,6 +8,7 @@ like the local_* ones.
 
 from __future__ import annotations
 
+BUCKET_MINUTES = 15  # the grain of every fact and feature row
 AHEAD_BUCKETS = range(1, 7)  # targets up to 90 minutes = 6 buckets after the origin
 
 # (name, kind) with kind "int" for counts and "float" otherwise; NULL-able where a city lacks the signal.

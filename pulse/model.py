@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from pulse.features import AHEAD_BUCKETS, FEATURE_NAMES
-from pulse.settings import BUCKET_MINUTES
+from pulse.features import AHEAD_BUCKETS, BUCKET_MINUTES, FEATURE_NAMES
 
 # Features that describe a fixed bucket ahead of the origin: each horizon's model reads only its own.
 AHEAD_FEATURES = {
@@ -83,13 +82,6 @@ def design_matrix(features: pd.DataFrame, horizon_min: int) -> pd.DataFrame:
         x["target_local_minute_of_day"] = (features["local_minute_of_day"].astype("float64") + horizon_min) % 1440
     x["service_type"] = features["service_type"].astype("float64")
     return x
-
-
-def nb_dispersion(actual: np.ndarray, mean: np.ndarray) -> float:
-    """Method-of-moments α of a negative binomial with Var = μ + αμ² (0 = Poisson)."""
-    mu = np.clip(mean, 1e-9, None)
-    alpha = (np.sum((actual - mu) ** 2) - np.sum(mu)) / np.sum(mu**2)
-    return float(max(alpha, 0.0))
 
 
 def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float) -> float:

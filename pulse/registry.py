@@ -7,31 +7,27 @@ Aliases: ``challenger`` is the latest candidate, ``champion`` is what serving re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
-from mlflow.pyfunc import PythonModel
+from mlflow.exceptions import MlflowException
 
+from pulse import pyfunc
 from pulse.model import DemandForecaster
+from pulse.pyfunc import ForecastPyfunc
 from pulse.settings import MODEL_NAME, PulseSettings
 
 EXPERIMENT = "pulse-demand"
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-class ForecastPyfunc(PythonModel):
-    """pyfunc face of the forecaster, so any MLflow tool can load and call a registered version."""
-
-    def load_context(self, context) -> None:
-        self.forecaster = DemandForecaster.load(Path(context.artifacts["forecaster"]))
-
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.forecaster.predict(model_input)
+# What the registry answers for a model or alias that does not exist; anything else is a failure to ask.
+NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 def client(settings: PulseSettings) -> MlflowClient:
@@ -50,17 +46,50 @@ def experiment_id(settings: PulseSettings) -> str:
     return c.create_experiment(EXPERIMENT, artifact_location=location)
 
 
+def pyfunc_requirements() -> list[str]:
+    """The pyfunc's packages pinned at the versions installed here, the ones it was trained and tested with.
+    Written out, not inferred: inference loads the model in a subprocess, seconds for nothing."""
+    return [f"{name}=={metadata.version(name)}" for name in pyfunc.REQUIREMENTS]
+
+
+def _pyfunc_code(folder: Path) -> Path:
+    """A ``pulse`` package holding only the modules the pyfunc imports, to ship as the model's code."""
+    package = folder / "pulse"
+    package.mkdir(parents=True)
+    source = Path(pyfunc.__file__).parent
+    for name in pyfunc.CODE_MODULES:
+        shutil.copyfile(source / name, package / name)
+    return package
+
+
+@contextmanager
+def _without_uv_project():
+    """MLflow copies the ``uv.lock`` and ``pyproject.toml`` of the working directory into a model, and
+    ``--env-manager uv`` then rebuilds that project (Pulse with Dagster and Feast, or whatever folder training
+    ran from) instead of the model's ``requirements.txt``."""
+    saved = os.environ.get("MLFLOW_LOG_UV_FILES")
+    os.environ["MLFLOW_LOG_UV_FILES"] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_LOG_UV_FILES")
+        else:
+            os.environ["MLFLOW_LOG_UV_FILES"] = saved
+
+
 def log_forecaster(forecaster: DemandForecaster, run_id: str) -> str:
-    """Log the forecaster as a pyfunc model inside an active run and register it; returns the version."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Log the forecaster as a pyfunc model inside an active run and register it; returns the version. The
+    model loads from its own artifact: its code and pinned requirements travel with it."""
+    with tempfile.TemporaryDirectory() as tmp, _without_uv_project():
         path = forecaster.save(Path(tmp) / "forecaster")
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ForecastPyfunc(),
             artifacts={"forecaster": str(path)},
+            code_paths=[str(_pyfunc_code(Path(tmp) / "code"))],
             registered_model_name=MODEL_NAME,
-            # Explicit requirements: inferring them loads the model in a subprocess, seconds for nothing.
-            pip_requirements=["lightgbm", "pandas", "scipy", "mlflow"],
+            pip_requirements=pyfunc_requirements(),
         )
     return str(info.registered_model_version)
 
@@ -77,12 +106,14 @@ def tag_version(settings: PulseSettings, version: str, tags: dict[str, object]) 
 
 
 def alias_version(settings: PulseSettings, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
+    """The version behind ``alias``; None when the model or the alias does not exist. A registry that cannot
+    be reached raises: "no champion" must not be what an outage looks like."""
     try:
         return str(client(settings).get_model_version_by_alias(MODEL_NAME, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        if err.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 def version_run_metrics(settings: PulseSettings, version: str) -> dict[str, float]:

@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, SettingsConfigDict
 
+from pulse.features import BUCKET_MINUTES as BUCKET_MINUTES  # the grain belongs to the feature contract
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUCKET_MINUTES = 15
 MODEL_NAME = "pulse-demand-forecast"
 FEATURE_SERVICE = "demand_forecast_v1"
 # A city's own settings (written by `pulse import-trips`) in PULSE_HOME, read under the environment.

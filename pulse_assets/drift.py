@@ -7,9 +7,14 @@
 
 Results go to the warehouse (`monitoring.drift_days`, `monitoring.feature_drift`, `monitoring.model_drift`)
 and to the materialisation's metadata; `severity` there is what the retraining sensor reads.
+
+Both read the champion's population only: the active cells and service types it was trained on (they ship
+with the model), the rows its reference and its backtest describe. A reference or holdout that cannot be read
+fails the asset; a run that never logged one is reported as such.
 """
 
-from datetime import date, datetime, timedelta
+from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -25,16 +30,10 @@ from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.quality import drift_forecast_path
 from pulse_assets.resources import PulseResource
 
-promotion = lazy_module("pulse.promotion")
 registry = lazy_module("pulse.registry")
 training = lazy_module("pulse.training")
 
 REFERENCE_PREDICTION_ROWS = 20_000
-
-
-def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, datetime.min.time())
-    return start, start + timedelta(days=1)
 
 
 def _summary_metadata(results: list[drift.DayDrift], champion: str | None, note: str = "") -> dict[str, Any]:
@@ -65,28 +64,28 @@ def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     (`pulse model resolve-drift DAY`) and requests retraining at once."""
     settings = pulse.settings()
     days = partition_days(context)
-    champion = registry.alias_version(settings, registry.CHAMPION)
-    if champion is None:
+    if registry.alias_version(settings, registry.CHAMPION) is None:
         return dg.MaterializeResult(metadata=_summary_metadata([], None, "no champion yet: nothing to compare"))
-    reference = drift.load_reference(settings, promotion.version_info(settings, champion)[0])
+    champion = registry.load_alias(settings, registry.CHAMPION)
+    reference = _champion_artifact(champion, lambda: drift.load_reference(settings, champion.run_id))
     if reference is None:
-        note = f"champion v{champion} was trained before drift references were stored"
-        return dg.MaterializeResult(metadata=_summary_metadata([], champion, note))
+        note = (
+            f"champion v{champion.version}'s run {champion.run_id} logged no {drift.REFERENCE_ARTIFACT}: not measured"
+        )
+        return dg.MaterializeResult(metadata=_summary_metadata([], champion.version, note) | {"reference": "missing"})
+    cells, service_types = champion.forecaster.cells, champion.forecaster.service_types
     t = drift.Thresholds.from_settings(settings)
     results, rows = [], 0
-    columns = ", ".join(reference.features)
     with ingest.connect(settings) as con:
         for day in days:
-            frame = con.execute(
-                f"SELECT {columns} FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?",
-                list(_day_bounds(day)),
-            ).df()
+            frame = drift.day_feature_rows(con, day, list(reference.features), cells, service_types)
             rows += len(frame)
             features = drift.input_drift(reference, frame, t)
-            result = drift.DayDrift(day, champion, features=features, severe_min_features=t.severe_min_features)
+            result = drift.DayDrift(day, champion.version, features=features, severe_min_features=t.severe_min_features)
             drift.save_input_drift(con, result)
             results.append(result)
-    meta = _summary_metadata(results, champion)
+    meta = _summary_metadata(results, champion.version)
+    meta["cells"] = len(cells)
     last = results[-1]
     table = pd.DataFrame(
         [
@@ -100,15 +99,26 @@ def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     return dg.MaterializeResult(metadata=meta)
 
 
-def day_rows(con, day: date) -> pd.DataFrame:
-    """Feature rows of the forecast origins in (day 00:00, next day 00:00]: origin = feature_ts."""
-    start, end = _day_bounds(day)
+def _champion_artifact(champion, load: Callable[[], Any]):
+    """An artifact of the champion's run, ``load()``; a store that cannot be read fails the asset, which
+    keeps promotion from running on drift that was never measured."""
+    try:
+        return load()
+    except drift.ArtifactUnavailable as err:
+        raise dg.Failure(description=f"champion v{champion.version}: {err}") from err
+
+
+def day_rows(con, day: date, cells: list[str], service_types: list[int]) -> pd.DataFrame:
+    """Feature rows of the forecast origins in (day 00:00, next day 00:00] (origin = feature_ts) of the cells
+    and service types the champion forecasts: the population its backtest WAPE was measured on."""
+    start, end = drift.day_bounds(day)
     rows = con.execute(
         f"""SELECT hex_id, CAST(service_type AS BIGINT) AS service_type, feature_ts AS event_timestamp,
                    {", ".join(FEATURE_NAMES)}
             FROM main.fct_demand_features_15min WHERE feature_ts > ? AND feature_ts <= ?
+              AND hex_id IN (SELECT unnest(?::VARCHAR[])) AND service_type IN (SELECT unnest(?::BIGINT[]))
             ORDER BY service_type, hex_id, feature_ts""",
-        [start, end],
+        [start, end, list(cells), [int(x) for x in service_types]],
     ).df()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize("UTC")
     for name in FEATURE_NAMES:
@@ -116,8 +126,12 @@ def day_rows(con, day: date) -> pd.DataFrame:
     return rows
 
 
-def _reference_means(settings: PulseSettings, forecaster, run_id: str) -> dict[int, np.ndarray]:
-    holdout = drift.load_run_frame(settings, run_id, drift.HOLDOUT_ARTIFACT)
+def _reference_means(settings: PulseSettings, champion) -> dict[int, np.ndarray]:
+    """The champion's mean forecasts of its own held-out rows; none when its run logged no holdout."""
+    forecaster = champion.forecaster
+    holdout = _champion_artifact(
+        champion, lambda: drift.load_run_frame(settings, champion.run_id, drift.HOLDOUT_ARTIFACT)
+    )
     if holdout is None or holdout.empty:
         return {}
     if len(holdout) > REFERENCE_PREDICTION_ROWS:
@@ -152,12 +166,12 @@ def model_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
         h: run_metrics.get(f"backtest_model_wape_{h}", run_metrics.get(f"holdout_wape_{h}", float("nan")))
         for h in forecaster.horizons
     }
-    reference_means = _reference_means(settings, forecaster, champion.run_id)
+    reference_means = _reference_means(settings, champion)
     t = drift.Thresholds.from_settings(settings)
     results, perf_rows = [], []
     with ingest.connect(settings) as con:
         for day in days:
-            rows = day_rows(con, day)
+            rows = day_rows(con, day, forecaster.cells, forecaster.service_types)
             if rows.empty:
                 results.append(drift.DayDrift(day, champion.version, note="no feature rows"))
                 continue

@@ -3,7 +3,19 @@ import pandas as pd
 import pytest
 
 from pulse.features import FEATURE_NAMES
-from pulse.model import DemandForecaster, count_quantiles, design_matrix, nb_dispersion, target_bucket
+from pulse.model import (
+    LEVEL_EDGES,
+    MIN_LEVEL_ROWS,
+    DemandForecaster,
+    count_quantiles,
+    design_matrix,
+    fit_level_dispersion,
+    level_of,
+    nb_dispersion_mle,
+    nb_loglik,
+    randomized_pit,
+    target_bucket,
+)
 
 
 def synthetic(n: int, seed: int) -> pd.DataFrame:
@@ -48,10 +60,92 @@ def test_fit_predict_quantiles_ordered_and_informative(tmp_path):
     assert loaded.cells == ["882a100d2bfffff"] and loaded.service_types == [1, 2]
 
 
-def test_dispersion_zero_for_poisson_and_positive_for_overdispersed():
+def nb_sample(rng, mean: np.ndarray, alpha: float) -> np.ndarray:
+    """Counts from NB(μ, α) with Var = μ + αμ² (numpy's n = 1/α, p = n / (n + μ)); Poisson at α = 0."""
+    if alpha == 0:
+        return rng.poisson(mean)
+    n = 1 / alpha
+    return rng.negative_binomial(n, n / (n + mean))
+
+
+def alpha_se(actual, mean, alpha: float) -> float:
+    """Standard error of the ML α from the observed information (curvature of the log-likelihood at α)."""
+    h = alpha * 1e-3
+    curvature = (
+        nb_loglik(actual, mean, alpha + h) - 2 * nb_loglik(actual, mean, alpha) + nb_loglik(actual, mean, alpha - h)
+    ) / h**2
+    return float(1 / np.sqrt(-curvature))
+
+
+# Levels of μ with their own true α, and their index: (0.5, 1] is level 2, [2, 4) level 4, ...
+LEVELS = {2: (0.7, 0.3), 4: (3.0, 0.5), 6: (12.0, 0.2), 7: (30.0, 0.1)}
+
+
+def test_level_dispersion_recovers_a_known_alpha_per_level():
     rng = np.random.default_rng(3)
-    mu = np.full(20000, 4.0)
-    assert nb_dispersion(rng.poisson(mu), mu) < 0.02
-    over = rng.negative_binomial(2, 2 / (2 + mu))  # alpha = 0.5
-    assert nb_dispersion(over, mu) == pytest.approx(0.5, abs=0.05)
-    assert (count_quantiles(mu[:3], 0.5, 0.9) > count_quantiles(mu[:3], 0.0, 0.9)).all()
+    mean = np.concatenate([np.full(20_000, mu) for mu, _ in LEVELS.values()])
+    actual = np.concatenate([nb_sample(rng, np.full(20_000, mu), a) for mu, a in LEVELS.values()])
+    overall, alphas = fit_level_dispersion(actual, mean)
+    assert len(alphas) == len(LEVEL_EDGES) + 1
+    for level, (mu, alpha) in LEVELS.items():
+        rows = mean == mu
+        # Within 4 standard errors of the truth (20,000 rows: ±0.05 at μ = 0.7, ±0.003 at μ = 30).
+        assert abs(alphas[level] - alpha) < 4 * alpha_se(actual[rows], mean[rows], alpha), (level, alphas[level])
+    # Levels without rows take the overall α, which lies between the levels' own.
+    assert all(alphas[lv] == overall for lv in range(len(alphas)) if lv not in LEVELS)
+    assert min(a for _, a in LEVELS.values()) < overall < max(a for _, a in LEVELS.values())
+
+
+def test_level_dispersion_is_about_zero_for_poisson_counts():
+    rng = np.random.default_rng(4)
+    for mu in (0.7, 3.0, 12.0):
+        mean = np.full(20_000, mu)
+        # The ML α of Poisson counts is 0 or within noise of it: its sd is about sqrt(2 / n) / μ ≤ 0.015 here.
+        assert nb_dispersion_mle(nb_sample(rng, mean, 0.0), mean) < 0.05, mu
+    over = nb_sample(rng, np.full(20_000, 3.0), 0.5)
+    q90 = count_quantiles(np.full(3, 3.0), nb_dispersion_mle(over, np.full(20_000, 3.0)), 0.9)
+    assert (q90 > count_quantiles(np.full(3, 3.0), 0.0, 0.9)).all()  # a wider p90 than Poisson's
+
+
+def test_levels_of_mu_and_the_fallback_of_a_thin_level():
+    edges = np.asarray(LEVEL_EDGES)
+    # Each edge opens the next level: level k holds [edge k-1, edge k); level 0 is μ < 0.25, the last μ ≥ 16.
+    assert level_of(edges).tolist() == list(range(1, len(edges) + 1))
+    assert level_of(edges - 1e-9).tolist() == list(range(len(edges)))
+    assert level_of(np.array([0.0, 0.1, 1e6])).tolist() == [0, 0, len(edges)]
+    rng = np.random.default_rng(5)
+    mean = np.r_[np.full(5_000, 3.0), np.full(MIN_LEVEL_ROWS - 1, 12.0)]
+    actual = np.r_[nb_sample(rng, mean[:5_000], 0.5), nb_sample(rng, mean[5_000:], 0.05)]
+    overall, alphas = fit_level_dispersion(actual, mean)
+    assert alphas[6] == overall != alphas[4]  # 299 rows at μ = 12: too few for an α of their own
+
+
+def test_randomised_pit_on_a_hand_example():
+    # Poisson(1), y = 2: F(1) = 2/e, P(2) = 1/(2e); y = 0: F(−1) = 0, P(0) = 1/e.
+    v = np.random.default_rng(7).random(2)
+    u = randomized_pit(np.array([2, 0]), np.array([1.0, 1.0]), np.zeros(2), seed=7)
+    assert u == pytest.approx([2 / np.e + v[0] / (2 * np.e), v[1] / np.e], abs=1e-12)
+    # NB(μ = 2, α = 0.5): n = 2, p = 1/2, y = 1: F(0) = 1/4, P(1) = 1/4.
+    u = randomized_pit(np.array([1]), np.array([2.0]), np.array([0.5]), seed=7)
+    assert u == pytest.approx([0.25 + v[0] * 0.25], abs=1e-12)
+
+
+def pit_share(u: np.ndarray) -> float:
+    return float(((u >= 0.1) & (u <= 0.9)).mean())
+
+
+def test_randomised_pit_share_is_080_only_when_the_distribution_is_right():
+    rng = np.random.default_rng(8)
+    n = 20_000  # binomial sd of the share: sqrt(0.8 · 0.2 / n) = 0.0028; ±0.012 is over 4 sd
+    mean = rng.choice([0.3, 1.0, 4.0, 15.0], n)
+    poisson, over = nb_sample(rng, mean, 0.0), nb_sample(rng, mean, 0.5)
+    assert pit_share(randomized_pit(poisson, mean, np.zeros(n), seed=1)) == pytest.approx(0.8, abs=0.012)
+    assert pit_share(randomized_pit(over, mean, np.full(n, 0.5), seed=1)) == pytest.approx(0.8, abs=0.012)
+    # Too narrow (Poisson around overdispersed counts): too many outcomes in the tails.
+    assert pit_share(randomized_pit(over, mean, np.zeros(n), seed=1)) < 0.7
+    # Too wide: too few.
+    assert pit_share(randomized_pit(poisson, mean, np.full(n, 1.0), seed=1)) > 0.88
+    # The interval cannot say so for counts: μ = 0.3 gives p10 = 0, p90 = 1 and P(Y ≤ 1) = 0.96.
+    low = mean == 0.3
+    inside = (poisson >= count_quantiles(mean, 0.0, 0.1)) & (poisson <= count_quantiles(mean, 0.0, 0.9))
+    assert inside[low].mean() > 0.93

@@ -1,0 +1,27 @@
+"""The MLflow pyfunc face of the forecaster, so any MLflow tool can load and call a registered version.
+
+Every logged model carries this module with the two it imports (``pulse.model``, ``pulse.features``) as its
+``code_paths`` and pins the packages they need, so a version loads from its artifact alone, where Pulse is
+not installed. Keep its imports to those modules: whatever else it imported would have to ship too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from pulse.model import DemandForecaster
+
+# The package as the logged model ships it, and the distributions its import needs (pinned at logging time).
+CODE_MODULES = ("__init__.py", "features.py", "model.py", "pyfunc.py")
+REQUIREMENTS = ("mlflow-skinny", "cloudpickle", "lightgbm", "numpy", "pandas", "scipy")
+
+
+class ForecastPyfunc(PythonModel):
+    def load_context(self, context) -> None:
+        self.forecaster = DemandForecaster.load(Path(context.artifacts["forecaster"]))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return self.forecaster.predict(model_input)
