@@ -212,12 +212,6 @@ def test_climatology_is_dbts_tow_mean_4w_on_a_real_build(dbt_city):
     assert out["across_change"].sum() == len(CELLS) * 21  # origins 00:30..01:45 EDT, targets past 06:00 UTC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fct_demand_features_15min steps from a row to its target on the local clock (local_key + k), so a "
-    "target across a clock change reads the climatology an hour off; pulse.climatology uses the target's own "
-    "local time",
-)
 def test_dbt_tow_mean_4w_of_a_target_across_the_change_is_its_local_time_of_week(dbt_city):
     out = _dbt_vs_python(dbt_city)
     across = out[out["across_change"]]

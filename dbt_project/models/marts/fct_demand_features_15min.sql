@@ -208,12 +208,19 @@ history as materialized (
         on first_{{ name }}.row_key = current_rows.row_key - {{ buckets - 1 }}
     {% endfor %}
     {% for k in horizons %}
-    -- the target {{ k }} bucket(s) after this one, one week and one day earlier (local clock)
+    -- the target {{ k }} bucket(s) after this one, one week and one day earlier on the local clock: the
+    -- target's own local time, so a clock change between the row and its target does not shift it by an hour
+    {%- set target_local_key -%}
+        current_rows.series_no * 4294967296 + date_diff(
+            'minute', timestamp '2000-01-03 00:00:00',
+            timezone('{{ tz }}', timezone('UTC', current_rows.bucket_start + interval {{ 15 * k }} minute))
+        ) // 15
+    {%- endset %}
     left join keyed as ahead_{{ k }}
-        on ahead_{{ k }}.local_key = current_rows.local_key + {{ k }} - {{ buckets_per_week }}
+        on ahead_{{ k }}.local_key = {{ target_local_key }} - {{ buckets_per_week }}
         and ahead_{{ k }}.first_at_local_time
     left join keyed as day_ahead_{{ k }}
-        on day_ahead_{{ k }}.local_key = current_rows.local_key + {{ k }} - {{ buckets_per_day }}
+        on day_ahead_{{ k }}.local_key = {{ target_local_key }} - {{ buckets_per_day }}
         and day_ahead_{{ k }}.first_at_local_time
     {% endfor %}
     where {{ in_window('current_rows.bucket_start') }}
