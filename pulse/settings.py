@@ -185,6 +185,10 @@ class PulseSettings(BaseSettings):
     def artifact_root(self) -> str:
         return str(self.mlflow_dir / "artifacts")
 
+    def ensure_dirs(self) -> None:
+        for d in (self.landing_dir, self.feast_offline_dir, self.dagster_home, self.mlflow_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
     @property
     def fact_store_dsn(self) -> str:
         """The ClickHouse DSN, password included: hand it to clickhouse-connect, never to a log line."""
