@@ -137,9 +137,9 @@ def city(tmp_path_factory) -> PulseSettings:
     return settings
 
 
-def run_asset(asset, settings: PulseSettings, **resource) -> dg.MaterializeResult:
+def run_asset(asset, settings: PulseSettings) -> dg.MaterializeResult:
     context = dg.build_asset_context(partition_key=DAY.isoformat())
-    return asset(context, pulse=PulseResource(home=str(settings.home), **resource))
+    return asset(context, pulse=PulseResource(home=str(settings.home)))
 
 
 def test_drift_of_a_normal_day_judges_the_champions_cells_only(city):
@@ -183,10 +183,12 @@ def test_an_unreachable_tracking_server_fails_drift_instead_of_passing_it(city, 
     with pytest.raises(drift.ArtifactUnavailable, match=f"cannot read quality/drift_reference.json of run {run_id}"):
         drift.load_reference(dead, run_id)
     # The asset fails (and promotion, downstream of it, does not run): no "no champion", no "no reference".
+    # A run reads the server addresses from its environment (they are secrets, never resource config).
+    monkeypatch.setenv("PULSE_MLFLOW_TRACKING_URI", dead.tracking_uri)
     with pytest.raises(Exception, match="127.0.0.1"):
-        run_asset(input_drift, city, mlflow_tracking_uri=dead.mlflow_tracking_uri)
+        run_asset(input_drift, city)
     with pytest.raises(Exception, match="127.0.0.1"):
-        run_asset(model_drift, city, mlflow_tracking_uri=dead.mlflow_tracking_uri)
+        run_asset(model_drift, city)
 
 
 def test_a_lost_artifact_store_fails_while_a_run_without_reference_is_reported(city):
