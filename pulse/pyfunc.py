@@ -3,6 +3,11 @@
 Every logged model carries this module with the two it imports (``pulse.model``, ``pulse.features``) as its
 ``code_paths`` and pins the packages they need, so a version loads from its artifact alone, where Pulse is
 not installed. Keep its imports to those modules: whatever else it imported would have to ship too.
+
+``mlflow.pyfunc.load_model`` puts the model's code folder first on ``sys.path`` of the loading process (and of the
+processes it spawns), where the shipped partial ``pulse`` package shadows an installed Pulse. So Pulse's own
+processes load versions with ``pulse.registry.load_alias``; ``mlflow.pyfunc.load_model`` is for environments
+without Pulse (``mlflow models serve``, a clean venv, another team's code).
 """
 
 from __future__ import annotations
