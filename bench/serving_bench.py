@@ -56,37 +56,9 @@ async def _roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return status
 
 
-async def _closed_loop(port: int, raw: bytes, connections: int, seconds: float) -> dict:
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker(reader, writer):
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            t = time.perf_counter()
-            status = await _roundtrip(reader, writer, raw)
-            latencies.append(time.perf_counter() - t)
-            errors += status != 200
-
-    cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker(r, w) for r, w in conns))
-    elapsed = time.perf_counter() - start
-    for _, w in conns:
-        w.close()
-    return {
-        "requests": len(latencies),
-        "rps": len(latencies) / elapsed,
-        "errors": errors,
-        "client_cpu": (time.process_time() - cpu) / elapsed,
-        **_percentiles(latencies),
-    }
-
-
 async def _mix_loop(port: int, raws: list[bytes], connections: int, seconds: float | None) -> dict:
     """Closed loop over ``raws`` in order, shared by the connections: one pass when ``seconds`` is None (every
-    request sent once), else cycling through them for ``seconds``."""
+    request sent once), else cycling through them for ``seconds`` (one repeated request: ``raws`` of one)."""
     conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
     latencies: list[float] = []
     errors, sent = 0, 0
@@ -177,7 +149,7 @@ def _load_main(spec: dict) -> None:
     if spec["mode"] == "mix":
         out = asyncio.run(_mix_loop(spec["port"], raw, spec["connections"], spec.get("seconds")))
     elif spec["mode"] == "closed":
-        out = asyncio.run(_closed_loop(spec["port"], raw, spec["connections"], spec["seconds"]))
+        out = asyncio.run(_mix_loop(spec["port"], [raw], spec["connections"], spec["seconds"]))
     else:
         out = asyncio.run(_open_loop(spec["port"], raw, spec["rate"], spec["seconds"]))
     print(json.dumps(out))
