@@ -201,8 +201,16 @@ def handwritten_ceiling(home: Path) -> float:
     pq = home / "bench_parquet"
     pq.mkdir(exist_ok=True)
     with duckdb.connect(str(home / "warehouse.duckdb")) as con:
-        for table in ("ride_requests", "driver_pings", "price_quotes"):
-            con.execute(f"COPY raw.{table} TO '{pq / table}.parquet' (FORMAT parquet)")
+        # the measured day's events only: the raw tables also hold the 28 days of history
+        for table, ts in (
+            ("ride_requests", "requested_at"),
+            ("driver_pings", "pinged_at"),
+            ("price_quotes", "quoted_at"),
+        ):
+            con.execute(
+                f"COPY (SELECT * FROM raw.{table} WHERE {ts} >= TIMESTAMP '{DAY}' "
+                f"AND {ts} < TIMESTAMP '{DAY}' + INTERVAL 1 DAY) TO '{pq / table}.parquet' (FORMAT parquet)"
+            )
     con = duckdb.connect()
     t0 = time.perf_counter()
     con.execute(f"""
