@@ -7,8 +7,8 @@ city younger than a week has none). Where the clock fell back, a local time of w
 both its buckets count; where it sprang forward, the skipped local hour has no bucket.
 
 dbt computes this as ``tow_mean_4w_ahead_k`` of ``fct_demand_features_15min``, the climatology of the target
-k buckets after a feature row (except where a clock change falls between the row and its target: dbt counts
-the k buckets on the local clock and lands an hour off; tests/test_climatology.py marks it). Training reads it
+k buckets after a feature row (found by the target's own local time, so a clock change between the row and
+its target does not move it; tests/test_climatology.py compares the two on a real build). Training reads it
 as a feature, ``pulse.baselines`` (backtests) and the promotion gate as the ``climatology_4w`` baseline.
 :func:`climatology_sql` is the same definition for callers that have the facts but no feature row: the serving
 fallback, which forecasts from the Feast offline Parquet export (``requests``; ``feature_ts`` is the bucket

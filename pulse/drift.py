@@ -415,15 +415,22 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+# The champion's population as a SQL condition, with :func:`population_params`: the active cells and service
+# types it was trained on, the rows its reference and backtest describe. The other cells of ``dim_cells`` (a
+# fifth of the rows in the demo city, nearly all zeros) are no part of what it learned.
+POPULATION = "hex_id IN (SELECT unnest(?::VARCHAR[])) AND service_type IN (SELECT unnest(?::BIGINT[]))"
+
+
+def population_params(cells: list[str], service_types: list[int]) -> list:
+    return [list(cells), [int(s) for s in service_types]]
+
+
 def day_feature_rows(con, day: date, columns: list[str], cells: list[str], service_types: list[int]) -> pd.DataFrame:
-    """``columns`` of the day's feature rows (buckets starting that day) of the champion's population: the
-    active cells and service types it was trained on, the rows its reference describes. The other cells of
-    ``dim_cells`` (a fifth of the rows in the demo city, nearly all zeros) are no part of what it learned."""
+    """``columns`` of the day's feature rows (buckets starting that day) of the champion's population."""
     return con.execute(
         f"""SELECT {", ".join(columns)} FROM main.fct_demand_features_15min
-            WHERE bucket_start >= ? AND bucket_start < ?
-              AND hex_id IN (SELECT unnest(?::VARCHAR[])) AND service_type IN (SELECT unnest(?::BIGINT[]))""",
-        [*day_bounds(day), list(cells), [int(s) for s in service_types]],
+            WHERE bucket_start >= ? AND bucket_start < ? AND {POPULATION}""",
+        [*day_bounds(day), *population_params(cells, service_types)],
     ).df()
 
 

@@ -108,8 +108,13 @@ def tag_version(settings: PulseSettings, version: str, tags: dict[str, object]) 
 def alias_version(settings: PulseSettings, alias: str) -> str | None:
     """The version behind ``alias``; None when the model or the alias does not exist. A registry that cannot
     be reached raises: "no champion" must not be what an outage looks like."""
+    return _unless_missing(lambda: str(client(settings).get_model_version_by_alias(MODEL_NAME, alias).version))
+
+
+def _unless_missing(ask):
+    """``ask()``, or None when the registry answers that the model or alias does not exist."""
     try:
-        return str(client(settings).get_model_version_by_alias(MODEL_NAME, alias).version)
+        return ask()
     except MlflowException as err:
         if err.error_code in NOT_FOUND:
             return None
@@ -128,6 +133,12 @@ class LoadedModel:
     version: str
     run_id: str
     tags: dict[str, str]
+
+
+def load_alias_or_none(settings: PulseSettings, alias: str = CHAMPION) -> LoadedModel | None:
+    """:func:`load_alias`, None when the model or the alias does not exist (one registry round trip); a registry
+    that cannot be reached raises."""
+    return _unless_missing(lambda: load_alias(settings, alias))
 
 
 def load_alias(settings: PulseSettings, alias: str = CHAMPION) -> LoadedModel:

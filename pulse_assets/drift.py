@@ -64,9 +64,9 @@ def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     (`pulse model resolve-drift DAY`) and requests retraining at once."""
     settings = pulse.settings()
     days = partition_days(context)
-    if registry.alias_version(settings, registry.CHAMPION) is None:
+    champion = registry.load_alias_or_none(settings, registry.CHAMPION)
+    if champion is None:
         return dg.MaterializeResult(metadata=_summary_metadata([], None, "no champion yet: nothing to compare"))
-    champion = registry.load_alias(settings, registry.CHAMPION)
     reference = _champion_artifact(champion, lambda: drift.load_reference(settings, champion.run_id))
     if reference is None:
         note = (
@@ -115,10 +115,9 @@ def day_rows(con, day: date, cells: list[str], service_types: list[int]) -> pd.D
     rows = con.execute(
         f"""SELECT hex_id, CAST(service_type AS BIGINT) AS service_type, feature_ts AS event_timestamp,
                    {", ".join(FEATURE_NAMES)}
-            FROM main.fct_demand_features_15min WHERE feature_ts > ? AND feature_ts <= ?
-              AND hex_id IN (SELECT unnest(?::VARCHAR[])) AND service_type IN (SELECT unnest(?::BIGINT[]))
+            FROM main.fct_demand_features_15min WHERE feature_ts > ? AND feature_ts <= ? AND {drift.POPULATION}
             ORDER BY service_type, hex_id, feature_ts""",
-        [start, end, list(cells), [int(x) for x in service_types]],
+        [start, end, *drift.population_params(cells, service_types)],
     ).df()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize("UTC")
     for name in FEATURE_NAMES:
@@ -156,9 +155,9 @@ def model_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     only when every check of the day passed, which is what the retraining sensor waits for."""
     settings = pulse.settings()
     days = partition_days(context)
-    if registry.alias_version(settings, registry.CHAMPION) is None:
+    champion = registry.load_alias_or_none(settings, registry.CHAMPION)
+    if champion is None:
         return dg.MaterializeResult(metadata=_summary_metadata([], None, "no champion yet: nothing to compare"))
-    champion = registry.load_alias(settings, registry.CHAMPION)
     forecaster = champion.forecaster
     run_metrics = registry.version_run_metrics(settings, champion.version)
     # Its backtest WAPE: model/backtest's figure on its held-out days, else training's held-out WAPE.

@@ -18,6 +18,7 @@
 
 import hashlib
 import json
+import os
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -53,10 +54,9 @@ retrain_job = dg.define_asset_job(
 
 
 # Landing ---------------------------------------------------------------------------------------------
-def _stat_key(path: Path) -> str:
+def _stat_key(s: os.stat_result) -> str:
     """Changes whenever the file is written or replaced: inode, size, mtime and ctime (which `cp -p` and
     `rsync -a` cannot carry over, unlike mtime)."""
-    s = path.stat()
     return f"{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
 
 
@@ -83,10 +83,11 @@ def landing_state(settings: PulseSettings, known: dict[str, dict] | None = None)
         before = known.get(day.isoformat(), {})
         files, landed_at = {}, 0.0
         for table, path in paths.items():
-            stat = _stat_key(path)
+            st = path.stat()
+            stat = _stat_key(st)
             old = before.get(table, {})
             files[table] = {"stat": stat, "hash": old["hash"] if old.get("stat") == stat else _content_hash(path)}
-            landed_at = max(landed_at, path.stat().st_ctime)  # ctime ≥ mtime, and cannot be set back
+            landed_at = max(landed_at, st.st_ctime)  # ctime ≥ mtime, and cannot be set back
         contents = "".join(f"{t}={f['hash']};" for t, f in sorted(files.items()))
         out[day] = {
             "files": files,
