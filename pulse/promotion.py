@@ -15,9 +15,10 @@ The challenger (alias ``challenger``, moved by training) becomes ``champion`` on
    value).
 4. ``input_drift``: none of the days it adds to the champion's history has unresolved severe input drift.
 
-Each decision, promoted or refused, is written as tags on the MLflow version: ``promotion_decision``,
-``promotion_reasons``, ``promotion_gates``, ``decided_at`` and ``previous_champion`` (the champion it
-replaced, which ``rollback`` moves the alias back to).
+Each decision is written once as tags on the candidate's MLflow version: the gates' verdict
+(``promotion_decision`` = ``refused`` or ``gates passed``, ``promotion_reasons``, ``promotion_gates``,
+``decided_at``, ``champion_at_decision``: the champion it was compared with) by :func:`record`, then, when it
+passed, ``promoted`` with ``previous_champion`` (which ``rollback`` moves the alias back to) by :func:`promote`.
 """
 
 from __future__ import annotations
@@ -227,13 +228,15 @@ def _drift_gate(unresolved: dict[date, list[str]]) -> Gate:
 
 
 # Decision --------------------------------------------------------------------------------------------
-def decide(
+def judge(
     settings: PulseSettings,
     version: str,
     checks: CheckEvidence,
     unresolved_drift: dict[date, list[str]],
 ) -> PromotionDecision:
-    """Run every gate for ``version``, record the decision on it, and move ``champion`` if all passed."""
+    """Run every gate for ``version`` against the current champion; records nothing, moves nothing.
+
+    The decision says ``promoted`` when every gate passed: what :func:`record` then makes true."""
     champion = registry.alias_version(settings, registry.CHAMPION)
     if champion == version:
         gates = [Gate("already_champion", True, [f"v{version} is already the champion"])]
@@ -242,19 +245,64 @@ def decide(
     backtest, figures = _backtest_gates(settings, version, champion, run_metrics)
     gates = [_check_gate(checks), *backtest, _drift_gate(unresolved_drift)]
     promoted = all(g.passed for g in gates)
-    decision = PromotionDecision(version, promoted, version if promoted else champion, champion, gates, figures)
+    return PromotionDecision(version, promoted, version if promoted else champion, champion, gates, figures)
+
+
+GATES_PASSED = "gates passed"
+
+
+def record(settings: PulseSettings, decision: PromotionDecision) -> None:
+    """Write the gates' verdict on the candidate's MLflow version: ``refused`` with the reasons, or
+    ``gates passed`` (then :func:`promote` makes it champion). Nothing is written for the champion itself."""
+    if decision.previous_champion == decision.version:
+        return
     tags: dict[str, object] = {
-        "promotion_decision": "promoted" if promoted else "refused",
+        "promotion_decision": GATES_PASSED if decision.promoted else "refused",
         "promotion_reasons": decision.reasons,
-        "promotion_gates": {g.name: g.passed for g in gates},
+        "promotion_gates": {g.name: g.passed for g in decision.gates},
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "champion_at_decision": champion or "",
+        "champion_at_decision": decision.previous_champion or "",
     }
-    if promoted:
-        tags["previous_champion"] = champion or ""
-    registry.tag_version(settings, version, tags)
-    if promoted:
-        registry.set_alias(settings, registry.CHAMPION, version)
+    registry.tag_version(settings, decision.version, tags)
+
+
+def promote(settings: PulseSettings, version: str) -> str | None:
+    """Move ``champion`` to ``version``, whose gates passed against the champion still in place; returns the
+    champion it replaced. Raises when the gates did not pass or the champion moved since they ran."""
+    tags = version_info(settings, version)[3]
+    if tags.get("promotion_decision") not in (GATES_PASSED, "promoted"):
+        raise ValueError(f"v{version}'s gates did not pass ({tags.get('promotion_decision') or 'never judged'})")
+    current = registry.alias_version(settings, registry.CHAMPION)
+    judged_against = tags.get("champion_at_decision") or None
+    if current != judged_against:
+        raise ValueError(
+            f"the champion moved from v{judged_against} to v{current} since v{version}'s gates ran: judge it again"
+        )
+    registry.tag_version(
+        settings,
+        version,
+        {
+            "promotion_decision": "promoted",
+            "previous_champion": current or "",
+            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    registry.set_alias(settings, registry.CHAMPION, version)
+    return current
+
+
+def decide(
+    settings: PulseSettings,
+    version: str,
+    checks: CheckEvidence,
+    unresolved_drift: dict[date, list[str]],
+) -> PromotionDecision:
+    """:func:`judge`, :func:`record` and, when every gate passed, :func:`promote`: the whole decision in one
+    call, for tools and tests (in Dagster, the gates are the candidate's checks and `model/champion` promotes)."""
+    decision = judge(settings, version, checks, unresolved_drift)
+    record(settings, decision)
+    if decision.promoted and decision.previous_champion != version:
+        promote(settings, version)
     return decision
 
 

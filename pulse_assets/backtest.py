@@ -1,4 +1,4 @@
-"""Backtest stage: every new candidate is backtested on its held-out days, like `pulse backtest` does.
+"""Backtest stage: the candidate is backtested on its own held-out days, like `pulse backtest` does.
 
 The candidate was trained and calibrated on data before its holdout start only, so forecasting the holdout
 with it is the rolling-origin backtest of `pulse backtest --start <holdout start> --end <window end>`: every
@@ -10,18 +10,18 @@ true expected demand on a simulated city). The files, the evaluation table and a
 
 import base64
 import json
-from datetime import datetime
 
 import dagster as dg
 import numpy as np
 
 from pulse import ingest
+from pulse_assets.automation import FOLLOW
 from pulse_assets.lazy import lazy_module
-from pulse_assets.partitions import daily_partitions, single_run
 from pulse_assets.resources import PulseResource
-from pulse_assets.training import model_candidate
+from pulse_assets.training import Candidate
 
 backtest = lazy_module("pulse.backtest")
+promotion = lazy_module("pulse.promotion")
 registry = lazy_module("pulse.registry")
 
 
@@ -36,42 +36,41 @@ def _markdown(scores) -> str:
 
 @dg.asset(
     key=["model", "backtest"],
-    deps=[model_candidate],
+    ins={"candidate": dg.AssetIn(key=["model", "candidate"])},
     group_name="training",
     kinds={"lightgbm", "mlflow", "parquet"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    automation_condition=FOLLOW,
 )
-def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
-    """Rolling-origin backtest of the new candidate (alias `challenger`) on its held-out days, in the export
+def model_backtest(
+    context: dg.AssetExecutionContext, pulse: PulseResource, candidate: Candidate
+) -> dg.MaterializeResult:
+    """Rolling-origin backtest of the candidate it depends on, on that candidate's held-out days, in the export
     format of DESIGN.md, with seasonal naive, 4-week climatology and last value on the same rows; MAE, RMSE,
     WAPE, bias and p10–p90 coverage per horizon, and a plot of forecasts against actuals for the busiest
     cells and of the error by horizon. Files in `PULSE_HOME/backtests/v<version>/` and on the MLflow run."""
     settings = pulse.settings()
-    loaded = registry.load_alias(settings, registry.CHALLENGER)
+    forecaster = promotion.load_version(settings, candidate.version)
     c = registry.client(settings)
-    params = c.get_run(loaded.run_id).data.params
-    start, end = (datetime.fromisoformat(params[k]) for k in ("holdout_start", "window_end"))
-    train_start = datetime.fromisoformat(params["window_start"])
+    start, end, train_start = candidate.holdout_start, candidate.window_end, candidate.window_start
     with ingest.connect(settings) as con:
-        result = backtest.forecast_window(con, settings, loaded.forecaster, start, end)
+        result = backtest.forecast_window(con, settings, forecaster, start, end)
         frames = dict(result.frames)
         truth = backtest.truth_frame(settings, frames[backtest.MODEL])
         if truth is not None:
             frames[backtest.TRUTH] = truth
         scores = backtest.score(frames, result.actuals)
 
-    folder = settings.home / "backtests" / f"v{loaded.version}"
+    folder = settings.home / "backtests" / f"v{candidate.version}"
     out = folder / "backtest.parquet"
     paths = backtest.write_frames(frames, out)
     train_days = (start - train_start).total_seconds() / 86400
     command = f"pulse backtest --start {start.isoformat()} --end {end.isoformat()} --train-days {train_days:g}"
     info = {
-        "model_version": loaded.version,
+        "model_version": candidate.version,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "equivalent_command": command,
-        "active_cells": len(loaded.forecaster.cells),
+        "active_cells": len(forecaster.cells),
         "pit_coverage_p10_p90": {str(h): v for h, v in result.pit_coverage.items()},
         "files": {name: p.name for name, p in paths.items()},
     }
@@ -82,24 +81,24 @@ def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     (folder / "backtest.png").write_bytes(png)
 
     for path in [*paths.values(), out.with_suffix(".json"), folder / "evaluation.csv", folder / "backtest.png"]:
-        c.log_artifact(loaded.run_id, str(path), artifact_path="backtest")
+        c.log_artifact(candidate.run_id, str(path), artifact_path="backtest")
     per = backtest.scores_by_forecaster(scores)
     for name, by_h in per.items():
         for h, m in by_h.items():
             for metric, value in m.items():
                 if np.isfinite(value):
-                    c.log_metric(loaded.run_id, f"backtest_{name}_{metric}_{h}", value)
+                    c.log_metric(candidate.run_id, f"backtest_{name}_{metric}_{h}", value)
     for h, value in result.pit_coverage.items():
-        c.log_metric(loaded.run_id, f"backtest_model_pit_coverage_{h}", value)
+        c.log_metric(candidate.run_id, f"backtest_model_pit_coverage_{h}", value)
 
     context.log.info("\n" + backtest.format_scores(scores))
     metadata: dict[str, object] = {
-        "model_version": loaded.version,
+        "model_version": candidate.version,
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "equivalent_command": command,
         "rows": int(len(frames[backtest.MODEL])),
-        "active_cells": len(loaded.forecaster.cells),
+        "active_cells": len(forecaster.cells),
         "evaluation": dg.MetadataValue.md(_markdown(scores)),
         "plot": dg.MetadataValue.md(f"![backtest](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "files": dg.MetadataValue.path(str(folder)),

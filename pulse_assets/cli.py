@@ -101,9 +101,10 @@ def simulate(
 def materialize(
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD); default: first landing day.")] = None,
     end: Annotated[str | None, typer.Option(help="Last day, inclusive; default: last landing day.")] = None,
-    missing: Annotated[bool, typer.Option(help="Only days whose model promotion has not run yet.")] = False,
+    missing: Annotated[bool, typer.Option(help="From the first day the pipeline has not loaded yet.")] = False,
 ) -> None:
-    """Materialise every asset for a range of day partitions, as one Dagster run (like a UI backfill)."""
+    """Materialise the day assets of a range of days and then, once, the current states (Feast registry and
+    online store, a candidate, its backtest and gates, the champion), as one Dagster run (like a UI backfill)."""
     settings = _settings()
     import dagster as dg
 
@@ -116,7 +117,7 @@ def materialize(
     last = date.fromisoformat(end) if end else days[-1]
     instance = dg.DagsterInstance.get()
     if missing:
-        done = instance.get_materialized_partitions(dg.AssetKey(["model", "champion"]))
+        done = instance.get_materialized_partitions(dg.AssetKey(["monitoring", "model_drift"]))
         todo = [first + timedelta(d) for d in range((last - first).days + 1)]
         todo = [d for d in todo if d.isoformat() not in done]
         if not todo:

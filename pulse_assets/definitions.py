@@ -8,19 +8,21 @@ from pulse_assets.drift import monitoring_assets
 from pulse_assets.fact_store import clickhouse_facts
 from pulse_assets.features import feast_registry, feature_export, online_features
 from pulse_assets.ingest import raw_assets, raw_cell_neighbours
-from pulse_assets.partitions import daily_partitions
+from pulse_assets.promotion import champion_model, promotion_checks
 from pulse_assets.quality import asset_checks
 from pulse_assets.resources import resources_for
 from pulse_assets.sensors import WAREHOUSE_TAGS, automation_jobs, sensors
-from pulse_assets.training import champion_model, model_candidate
+from pulse_assets.training import model_candidate
 from pulse_assets.transform import dbt_models
+
+settings = PulseSettings()
 
 daily_pipeline = dg.define_asset_job(
     "daily_pipeline",
     selection=dg.AssetSelection.all(),
-    partitions_def=daily_partitions,
     tags=WAREHOUSE_TAGS,  # one warehouse writer at a time (dagster.yaml tag concurrency limit)
-    description="Landing → raw → dbt facts → Feast (offline, registry, online) → ClickHouse → train → promote.",
+    description="The run's days: landing → raw → dbt facts → Feast offline → ClickHouse → drift; then the current "
+    "states once: Feast registry and online store, a candidate, its backtest and gates, the champion.",
 )
 
 defs = dg.Definitions(
@@ -37,10 +39,14 @@ defs = dg.Definitions(
         champion_model,
         *monitoring_assets,
     ],
-    asset_checks=asset_checks,
+    asset_checks=[*asset_checks, *promotion_checks],
     jobs=[daily_pipeline, *automation_jobs],
     sensors=sensors,
-    resources=resources_for(PulseSettings()),
+    resources={
+        **resources_for(settings),
+        # Values handed between assets (the candidate a champion judges) outlive the run that made them.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.dagster_home / "storage")),
+    },
     # One process runs a run's steps in order: the DuckDB warehouse takes one writer at a time, and
     # per-step subprocesses would pay the Feast/dbt/LightGBM import cost again for every step.
     executor=dg.in_process_executor,

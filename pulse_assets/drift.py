@@ -6,7 +6,7 @@
   own held-out rows) and, where actuals are in, its realised WAPE per horizon against its backtest WAPE.
 
 Results go to the warehouse (`monitoring.drift_days`, `monitoring.feature_drift`, `monitoring.model_drift`)
-and to the materialisation's metadata; `severity` there is what the retraining sensor reads.
+and to the materialisation's metadata (`severity`); severe input drift holds promotion (`gate_input_drift`).
 
 Both read the champion's population only: the active cells and service types it was trained on (they ship
 with the model), the rows its reference and its backtest describe. A reference or holdout that cannot be read
@@ -25,6 +25,7 @@ from expectations.runner import markdown_table
 from pulse import drift, ingest
 from pulse.features import FEATURE_NAMES
 from pulse.settings import PulseSettings
+from pulse_assets.automation import DAY
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.quality import drift_forecast_path
@@ -51,17 +52,18 @@ def _summary_metadata(results: list[drift.DayDrift], champion: str | None, note:
 
 @dg.asset(
     key=["monitoring", "input_drift"],
-    deps=["fct_demand_features_15min", ["feast", "online_features"]],
+    deps=["fct_demand_features_15min"],
     group_name="quality",
     kinds={"duckdb", "mlflow"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    automation_condition=DAY,
 )
 def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Per day: PSI of every model feature (KS for continuous ones, and the rise of its null share) against the
     reference distribution stored with the champion's training run. Severe when ≥ `drift_severe_min_features`
     features are severely drifted or a feature lost its values; severe drift blocks promotion until resolved
-    (`pulse model resolve-drift DAY`) and requests retraining at once."""
+    (`pulse model resolve-drift DAY`)."""
     settings = pulse.settings()
     days = partition_days(context)
     champion = registry.load_alias_or_none(settings, registry.CHAMPION)
@@ -141,18 +143,19 @@ def _reference_means(settings: PulseSettings, champion) -> dict[int, np.ndarray]
 
 @dg.asset(
     key=["monitoring", "model_drift"],
-    deps=["fct_demand_features_15min", "fct_demand_15min", ["feast", "online_features"], input_drift],
+    deps=["fct_demand_features_15min", "fct_demand_15min", input_drift],
     group_name="quality",
     kinds={"lightgbm", "duckdb", "mlflow"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    automation_condition=DAY,
 )
 def model_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Per day: the champion's forecasts of every origin of the day (saved as a forecast export under
     `PULSE_HOME/monitoring/forecasts/`), their drift against its forecasts of its own held-out rows, and, for
     the targets already observed, its realised WAPE per horizon against its backtest WAPE and realised
     against forecast demand. The last asset of a day's load (after `monitoring/input_drift`): it materialises
-    only when every check of the day passed, which is what the retraining sensor waits for."""
+    only when every check of the day passed."""
     settings = pulse.settings()
     days = partition_days(context)
     champion = registry.load_alias_or_none(settings, registry.CHAMPION)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from pulse import fact_store, ingest
+from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
 
@@ -14,6 +15,7 @@ from pulse_assets.resources import PulseResource
     kinds={"clickhouse"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    automation_condition=DAY,
 )
 def clickhouse_facts(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """`fct_demand_15min` and `fct_supply_15min` copied to ClickHouse MergeTree tables, one day partition at a

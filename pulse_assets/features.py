@@ -1,13 +1,19 @@
 """Features stage: export the dbt feature mart for Feast, apply the Feast repository, fill the online store."""
 
-from datetime import timedelta
+import hashlib
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from pulse import feature_store, ingest
-from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE
-from pulse_assets.partitions import daily_partitions, partition_days, partition_window, single_run
+from pulse.settings import FEATURE_SERVICE, PROJECT_ROOT
+from pulse_assets.automation import CODE, DAY, FOLLOW
+from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
+
+FEATURE_REPO = PROJECT_ROOT / "feature_repo"
+# Days of exported rows materialised online before the newest one: every cell active lately has a row there.
+ONLINE_LOOKBACK_DAYS = 1
 
 
 @dg.asset(
@@ -17,6 +23,7 @@ from pulse_assets.resources import PulseResource
     kinds={"parquet", "duckdb"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    automation_condition=DAY,
 )
 def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """One Parquet file per day of `fct_demand_features_15min`: the offline source of Feast's feature view."""
@@ -28,32 +35,50 @@ def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "rows_per_day": rows})
 
 
+def _repository_version() -> str:
+    """Code version of the Feast repository: its files' contents. Applying again is needed only when they change."""
+    files = sorted(p for p in FEATURE_REPO.iterdir() if p.suffix in (".py", ".yaml"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 @dg.asset(
     key=["feast", "registry"],
-    deps=[feature_export],
     group_name="features",
     kinds={"feast"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    code_version=_repository_version(),
+    automation_condition=CODE,
 )
 def feast_registry(pulse: PulseResource) -> dg.MaterializeResult:
-    """`feast apply` of `feature_repo/`: entities, the source, the feature view and the feature service."""
+    """`feast apply` of `feature_repo/`: entities, the source, the feature view and the feature service. One
+    current state, whose code version is the repository's files: it is stale only when they change."""
     names = feature_store.apply_repository(pulse.settings())
     return dg.MaterializeResult(metadata={"objects": names, "feature_service": FEATURE_SERVICE})
 
 
 @dg.asset(
     key=["feast", "online_features"],
-    deps=[feast_registry],
+    deps=[feast_registry, feature_export],
     group_name="features",
     kinds={"feast", "sqlite"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    automation_condition=FOLLOW,
 )
 def online_features(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
-    """Feast materialisation into the online store from the run's first day to the newest exported row (the
-    newest row per cell wins, so rerunning an old day never puts stale features online)."""
-    start, end = partition_window(context)
-    # feature_ts is the bucket end: the day's last bucket carries the next day's midnight timestamp.
-    used_end = feature_store.materialize_window(pulse.settings(), start, end + timedelta(minutes=BUCKET_MINUTES))
-    return dg.MaterializeResult(metadata={"window_start": start.isoformat(), "window_end": used_end.isoformat()})
+    """The Feast online store: the newest feature row of every (cell, service type), materialised from the
+    exported day before the newest exported row up to that row. One current state: rerunning an old day
+    re-exports it offline but never puts its older rows online."""
+    settings = pulse.settings()
+    newest = feature_store.newest_feature_ts(settings)
+    if newest is None:
+        raise dg.Failure(description=f"no exported feature rows under {settings.feast_offline_dir}")
+    start = datetime.combine(newest.date() - timedelta(days=ONLINE_LOOKBACK_DAYS), datetime.min.time())
+    used_end = feature_store.materialize_window(settings, start, newest)
+    return dg.MaterializeResult(
+        metadata={
+            "window_start": start.isoformat(),
+            "window_end": used_end.isoformat(),
+            "newest_feature_ts": str(newest),
+        }
+    )

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from pulse import ingest
+from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
 
@@ -59,6 +60,7 @@ raw_assets = [raw_asset(table) for table in ingest.CONTRACTS]
     kinds={"duckdb", "h3"},
     partitions_def=daily_partitions,
     backfill_policy=single_run,
+    automation_condition=DAY,
 )
 def raw_cell_neighbours(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Ring-1 and ring-2 H3 neighbours of every cell that has seen a request (feeds k-ring features)."""

@@ -1,21 +1,20 @@
-"""Quality stage: the Great Expectations suites of ``expectations/`` as blocking asset checks.
+"""Quality stage: the Great Expectations suites of ``expectations/`` as blocking checks of each day.
 
 | asset | check | suites |
 | --- | --- | --- |
 | `raw/ride_requests`, `raw/driver_pings`, `raw/price_quotes` | `great_expectations` | `raw_<table>`, `ingest_summary` |
 | `fct_demand_15min` | `great_expectations` | `fct_demand_15min`, `fct_demand_15min_days` |
 | `fct_demand_features_15min` | `great_expectations` | `fct_demand_features_15min`, `fct_demand_15min_days` |
-| `model/candidate` | `gx_training_set`, `gx_forecasts` | `training_set`, `training_targets`, `forecasts` |
 | `monitoring/model_drift` | `gx_forecasts` | `forecasts` (skipped, with the reason, before there is a champion) |
 
-Every check is blocking: when it fails, nothing downstream of its asset runs in that run (the champion
-cannot change). Each result carries the failing expectations, sample rows and the run's partitions as
-metadata; promotion reads them back per day (:func:`check_evidence`).
+The checks are partitioned like their assets: each day's result belongs to that day, so the UI shows which day
+failed, and promotion reads the days of a candidate's window back (:func:`check_evidence`). Every check is
+blocking: when a day fails, nothing downstream of its asset runs in that run. The candidate's own checks (its
+training set, its forecasts, the promotion gates) live with it in `pulse_assets/promotion.py`.
 """
 
-import json
-from collections.abc import Iterable
-from datetime import date, datetime
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,22 @@ import pandas as pd
 
 from expectations import checks
 from expectations.runner import Validation
-from pulse import drift, ingest
+from pulse import ingest
 from pulse.settings import PulseSettings
 from pulse_assets.lazy import lazy_module
-from pulse_assets.partitions import partition_days
+from pulse_assets.partitions import daily_partitions, partition_days
 from pulse_assets.resources import PulseResource
 
 promotion = lazy_module("pulse.promotion")
 
 GX = "great_expectations"
-CANDIDATE = dg.AssetKey(["model", "candidate"])
 MODEL_DRIFT = dg.AssetKey(["monitoring", "model_drift"])
 FACTS = dg.AssetKey("fct_demand_15min")
 FEATURES = dg.AssetKey("fct_demand_features_15min")
+FACTS_CHECK, FEATURES_CHECK = dg.AssetCheckKey(FACTS, GX), dg.AssetCheckKey(FEATURES, GX)
 RAW_CHECK_KEYS = [dg.AssetCheckKey(dg.AssetKey(["raw", t]), GX) for t in checks.RAW_TABLES]
-INPUT_CHECK_KEYS = [*RAW_CHECK_KEYS, dg.AssetCheckKey(FACTS, GX), dg.AssetCheckKey(FEATURES, GX)]
-CANDIDATE_CHECK_KEYS = [dg.AssetCheckKey(CANDIDATE, "gx_training_set"), dg.AssetCheckKey(CANDIDATE, "gx_forecasts")]
+# The day checks promotion reads for every day of a candidate's training window.
+INPUT_CHECK_KEYS = [*RAW_CHECK_KEYS, FACTS_CHECK, FEATURES_CHECK]
 
 
 def to_result(validation: Validation, **extra: Any) -> dg.AssetCheckResult:
@@ -63,15 +62,39 @@ def to_result(validation: Validation, **extra: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=validation.success, metadata=meta, description=description[:1000])
 
 
-def _days(context: dg.AssetCheckExecutionContext) -> list[date]:
-    return partition_days(context)  # type: ignore[arg-type]
+def per_day(
+    context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey, validate: Callable[[date], dg.AssetCheckResult]
+) -> Iterator[dg.AssetCheckResult | dg.AssetCheckEvaluation | dg.Output]:
+    """One result per day of the run, recorded on that day's partition of the check, so the UI and the
+    promotion gate see which day failed. A one-day run returns its result as usual; a run over many days (a
+    single-run backfill) records an evaluation per day, then the check's own output (what downstream steps
+    wait on). A failing day fails the step after every day was evaluated, which blocks what is downstream."""
+    days = partition_days(context)  # type: ignore[arg-type]
+    if context.has_partition_key:
+        yield validate(days[0])
+        return
+    for day in days:
+        r = validate(day)
+        yield dg.AssetCheckEvaluation(
+            asset_key=key.asset_key,
+            check_name=key.name,
+            passed=r.passed,
+            metadata=r.metadata,
+            description=r.description,
+            blocking=True,
+            partition=day.isoformat(),
+        )
+    yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
 
 
 def raw_events_check(table: str) -> dg.AssetChecksDefinition:
+    key = dg.AssetCheckKey(dg.AssetKey(["raw", table]), GX)
+
     @dg.asset_check(
-        asset=dg.AssetKey(["raw", table]),
+        asset=key.asset_key,
         name=GX,
         blocking=True,
+        partitions_def=daily_partitions,
         description=(
             f"Suites `ingest_summary` (read = accepted + quarantined, a small quarantine share: what ingest "
             f"refused) and `raw_{table}` day by day on what it accepted: coordinates inside the city, null shares "
@@ -79,10 +102,10 @@ def raw_events_check(table: str) -> dg.AssetChecksDefinition:
             f"reason) only for an optional feed the city never had."
         ),
     )
-    def _check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
         settings = pulse.settings()
         with ingest.connect(settings) as con:
-            return to_result(checks.raw_events(con, settings, table, _days(context)))
+            yield from per_day(context, key, lambda day: to_result(checks.raw_events(con, settings, table, [day])))
 
     return _check
 
@@ -94,6 +117,7 @@ raw_checks = [raw_events_check(t) for t in checks.RAW_TABLES]
     asset=FACTS,
     name=GX,
     blocking=True,
+    partitions_def=daily_partitions,
     additional_deps=["fct_supply_15min"],
     description=(
         "Suites `fct_demand_15min` and `fct_demand_15min_days`: the complete zero-filled bucket grid, unique "
@@ -101,113 +125,66 @@ raw_checks = [raw_events_check(t) for t in checks.RAW_TABLES]
         "trailing weeks."
     ),
 )
-def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
+def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
     settings = pulse.settings()
     with ingest.connect(settings) as con:
-        return to_result(checks.facts(con, settings, _days(context)))
+        yield from per_day(context, FACTS_CHECK, lambda day: to_result(checks.facts(con, settings, [day])))
 
 
 @dg.asset_check(
     asset=FEATURES,
     name=GX,
     blocking=True,
+    partitions_def=daily_partitions,
     description=(
         "Suites `fct_demand_features_15min` and `fct_demand_15min_days`: the feature mart's complete grid, "
         "feature_ts at the bucket end, non-negative counts, ratios in [0, 1], calendar ranges, and plausible day "
         "totals, before anything reaches Feast, the online store or drift."
     ),
 )
-def features_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
+def features_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
     settings = pulse.settings()
     with ingest.connect(settings) as con:
-        return to_result(checks.features(con, settings, _days(context)))
+        yield from per_day(context, FEATURES_CHECK, lambda day: to_result(checks.features(con, settings, [day])))
 
 
-def candidate_version(instance: dg.DagsterInstance) -> tuple[str, str]:
-    """(model version, MLflow run id) of the newest `model/candidate` materialization."""
-    event = instance.get_latest_materialization_event(CANDIDATE)
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure("model/candidate has not been materialised")
-    meta = event.asset_materialization.metadata
-    return str(meta["model_version"].value), str(meta["mlflow_run_id"].value)
-
-
-def candidate_frame(context: dg.AssetCheckExecutionContext, settings, artifact: str):
-    """(version, run id, frame) of a table the newest candidate's MLflow run logged; frame None when absent."""
-    version, run_id = candidate_version(context.instance)
-    return version, run_id, drift.load_run_frame(settings, run_id, artifact)
-
-
-@dg.asset_check(
-    asset=CANDIDATE,
-    name="gx_training_set",
-    blocking=True,
-    description="Suites `training_set` and `training_targets` over the sampled training rows logged with the run.",
-)
-def training_set_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
-    settings = pulse.settings()
-    version, run_id, sample = candidate_frame(context, settings, drift.TRAINING_SAMPLE_ARTIFACT)
-    if sample is None:
-        return dg.AssetCheckResult(
-            passed=False, metadata={"model_version": version}, description="the run logged no training sample"
-        )
-    _, params, _, _ = promotion.version_info(settings, version)
-    with ingest.connect(settings) as con:
-        cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells").fetchall()]
-    validation = checks.training_set(
-        sample,
-        settings,
-        cells,
-        datetime.fromisoformat(params["window_start"]),
-        datetime.fromisoformat(params["window_end"]),
+def _champion_of_day(instance: dg.DagsterInstance, day: date) -> str | None:
+    """The champion version the day's `monitoring/model_drift` materialisation forecast with."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=MODEL_DRIFT, asset_partitions=[day.isoformat()]), limit=1
     )
-    return to_result(validation, model_version=version, mlflow_run_id=run_id)
-
-
-@dg.asset_check(
-    asset=CANDIDATE,
-    name="gx_forecasts",
-    blocking=True,
-    description="Suite `forecasts` over the candidate's forecasts of its held-out rows: ≥ 0, p10 ≤ p50 ≤ p90.",
-)
-def candidate_forecasts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
-    settings = pulse.settings()
-    version, run_id, holdout = candidate_frame(context, settings, drift.HOLDOUT_ARTIFACT)
-    if holdout is None:
-        return dg.AssetCheckResult(
-            passed=False, metadata={"model_version": version}, description="the run logged no held-out rows"
-        )
-    forecasts = promotion.load_version(settings, version).predict(holdout)
-    validation = checks.forecasts(forecasts, settings, [], f"candidate v{version} on its held-out rows")
-    return to_result(validation, model_version=version, mlflow_run_id=run_id)
+    record = result.records[0] if result.records else None
+    meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+    champion = getattr(meta.get("champion_version"), "value", None)
+    return None if champion in (None, "none") else str(champion)
 
 
 @dg.asset_check(
     asset=MODEL_DRIFT,
     name="gx_forecasts",
     blocking=True,
-    description="Suite `forecasts` over the champion's forecasts of the run's days: ≥ 0, p10 ≤ p50 ≤ p90. Skipped "
+    partitions_def=daily_partitions,
+    description="Suite `forecasts` over the champion's forecasts of the day: ≥ 0, p10 ≤ p50 ≤ p90. Skipped "
     "(passing, with the reason) while the city has no champion; a day without forecasts fails.",
 )
-def champion_forecasts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
+def champion_forecasts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
     settings = pulse.settings()
-    days = [d.isoformat() for d in _days(context)]
-    event = context.instance.get_latest_materialization_event(MODEL_DRIFT)
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    champion = getattr(meta.get("champion_version"), "value", None)
-    if champion in (None, "none"):
-        validation = Validation([], days, skipped="no champion yet: no forecasts to check")
-        return to_result(validation)
-    paths = {d: drift_forecast_path(settings, date.fromisoformat(d)) for d in days}
-    missing = [d for d, p in paths.items() if not p.exists()]
-    if missing:
-        return dg.AssetCheckResult(
-            passed=False,
-            metadata={"partitions": dg.MetadataValue.json(days), "missing_days": dg.MetadataValue.json(missing)},
-            description=f"no champion forecasts for {missing}",
-        )
-    frame = pd.concat([pd.read_parquet(p) for p in paths.values()], ignore_index=True)
-    return to_result(checks.forecasts(frame, settings, days, f"champion v{champion} on the run's days"))
+
+    def validate(day: date) -> dg.AssetCheckResult:
+        champion = _champion_of_day(context.instance, day)
+        if champion is None:
+            return to_result(Validation([], [day.isoformat()], skipped="no champion yet: no forecasts to check"))
+        path = drift_forecast_path(settings, day)
+        if not path.exists():
+            return dg.AssetCheckResult(
+                passed=False,
+                metadata={"champion_version": champion},
+                description=f"no champion forecasts for {day}",
+            )
+        frame = pd.read_parquet(path)
+        return to_result(checks.forecasts(frame, settings, [day.isoformat()], f"champion v{champion} on {day}"))
+
+    yield from per_day(context, dg.AssetCheckKey(MODEL_DRIFT, "gx_forecasts"), validate)
 
 
 def drift_forecast_path(settings: PulseSettings, day: date) -> Path:
@@ -215,68 +192,38 @@ def drift_forecast_path(settings: PulseSettings, day: date) -> Path:
     return settings.home / "monitoring" / "forecasts" / f"{day.isoformat()}.parquet"
 
 
-asset_checks = [
-    *raw_checks,
-    facts_check,
-    features_check,
-    training_set_check,
-    candidate_forecasts_check,
-    champion_forecasts_check,
-]
+asset_checks = [*raw_checks, facts_check, features_check, champion_forecasts_check]
 
 
-# Evidence for promotion --------------------------------------------------------------------------------
-def _evaluation(record) -> tuple[bool, dict[str, Any]] | None:
-    event = record.event
-    data = getattr(getattr(event, "dagster_event", None), "event_specific_data", None)
-    if data is None or not hasattr(data, "passed"):
-        return None
-    meta = {k: getattr(v, "value", v) for k, v in (data.metadata or {}).items()}
-    return bool(data.passed), meta
-
-
-def latest_by_day(instance: dg.DagsterInstance, key: dg.AssetCheckKey, limit: int = 1000) -> dict[str, bool]:
-    """Latest result per day of a check (results name their days in metadata `partitions`)."""
-    out: dict[str, bool] = {}
-    for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=limit):
-        evaluation = _evaluation(record)
-        if evaluation is None:
-            continue
-        passed, meta = evaluation
-        partitions = meta.get("partitions") or ([record.partition] if record.partition else [])
-        if isinstance(partitions, str):
-            partitions = json.loads(partitions)
-        for day in partitions:
-            out.setdefault(day, passed)  # newest first: the first result seen for a day is its latest
+def day_check_status(instance: dg.DagsterInstance, days: Iterable[date]) -> dict[str, dict[str, str]]:
+    """Per day, per check of :data:`INPUT_CHECK_KEYS`: the status of its latest result on that day's partition
+    ("SUCCEEDED", "FAILED", ...), read from Dagster's record of partitioned check executions; a check that
+    never ran on a day is absent."""
+    keys = {d.isoformat() for d in days}
+    out: dict[str, dict[str, str]] = {}
+    infos = instance.event_log_storage.get_asset_check_partition_info(INPUT_CHECK_KEYS, partition_keys=sorted(keys))
+    for info in infos:
+        if info.partition_key in keys:
+            name = f"{info.check_key.asset_key.to_user_string()}:{info.check_key.name}"
+            out.setdefault(info.partition_key, {})[name] = info.latest_execution_status.value
     return out
 
 
 def check_evidence(
-    instance: dg.DagsterInstance, version: str, days: Iterable[date], new_days: Iterable[date]
+    instance: dg.DagsterInstance, days: Iterable[date], new_days: Iterable[date]
 ) -> "promotion.CheckEvidence":
-    """Which GX checks failed (or never ran) on the candidate's inputs: every check on raw events and facts for
-    the days of its training window (new days must have passed, older ones must not have failed last), and its
-    own training-set and forecast checks."""
+    """Which day checks failed (or never ran) on a candidate's inputs: every check on raw events, facts and
+    features of the days of its training window; new days (after the champion's window) must have passed,
+    older ones must not have failed last."""
+    days, new = sorted(days), {d.isoformat() for d in new_days}
+    status = day_check_status(instance, days)
+    names = [f"{k.asset_key.to_user_string()}:{k.name}" for k in INPUT_CHECK_KEYS]
     evidence = promotion.CheckEvidence()
-    new = {d.isoformat() for d in new_days}
-    for key in INPUT_CHECK_KEYS:
-        results = latest_by_day(instance, key)
-        name = f"{key.asset_key.to_user_string()}:{key.name}"
-        for day in sorted(d.isoformat() for d in days):
-            if results.get(day) is False:
+    for day in (d.isoformat() for d in days):
+        for name in names:
+            result = status.get(day, {}).get(name)
+            if result in ("FAILED", "EXECUTION_FAILED"):
                 evidence.failed.setdefault(day, []).append(name)
-            elif day in new and day not in results:
+            elif day in new and result != "SUCCEEDED":
                 evidence.missing.setdefault(day, []).append(name)
-    for key in CANDIDATE_CHECK_KEYS:
-        name = f"{key.asset_key.to_user_string()}:{key.name}"
-        latest = None
-        for record in instance.event_log_storage.get_asset_check_execution_history(key, limit=20):
-            evaluation = _evaluation(record)
-            if evaluation and str(evaluation[1].get("model_version")) == version:
-                latest = evaluation[0]
-                break
-        if latest is None:
-            evidence.missing.setdefault(f"candidate v{version}", []).append(name)
-        elif not latest:
-            evidence.failed.setdefault(f"candidate v{version}", []).append(name)
     return evidence

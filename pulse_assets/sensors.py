@@ -1,17 +1,14 @@
-"""Automation: a new landing day is loaded, and once its facts are in, a challenger is trained and judged.
+"""Sensors: what Dagster cannot see on its own (files in the landing zone), and the automation sensor that
+evaluates the conditions declared on the assets (`pulse_assets/automation.py`).
 
 * `landing_sensor` watches `PULSE_HOME/landing/ride_requests/date=YYYY-MM-DD/`. A day whose files have
   settled (`landing_settle_seconds`) and that was never loaded, or whose contents changed since (a hash of
   the files' bytes, read only when a file was written or replaced: preserved mtimes do not hide it), gets one
   `ingest_day` run (raw → dbt facts → ClickHouse → Feast offline/registry/online → drift, every GX check
   blocking). Contiguous new days go in one run (one dbt invocation, one Feast materialisation).
-* `retrain_sensor` watches `monitoring/model_drift`, the last asset of a day's load: it materialises only
-  when every check of the day (raw events, facts, features) passed. It requests one `retrain` run
-  (candidate → backtest → gates → champion decision) per partition (run key `retrain-<day>`), on the newest
-  pending day; days that land within `retrain_cooldown_minutes` of the previous request wait and are
-  coalesced into the next one. Severe drift (inputs, predictions or realised performance) requests
-  retraining at once, cooldown or not. Days loaded by a run that trains itself (`daily_pipeline`,
-  `pulse materialize`) are not retrained again.
+* `pulse_automation` evaluates the declared conditions: a day's downstream assets after its inputs, the days
+  whose lookback read a changed day, the online store, and one retrain after new data per cooldown, never
+  while a blocking check of an input fails; the champion follows its candidate when the gates pass.
 * No concurrent writers to the DuckDB warehouse: every job carries the tag `pulse/warehouse=write`, which
   the instance's `dagster.yaml` (written by `pulse`) limits to one run at a time; other runs queue.
 """
@@ -29,6 +26,7 @@ from pulse.ingest import CONTRACTS, landing_file
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.fact_store import clickhouse_facts
+from pulse_assets.features import online_features
 from pulse_assets.partitions import daily_partitions
 from pulse_assets.resources import PulseResource
 
@@ -36,11 +34,10 @@ WAREHOUSE_TAG = "pulse/warehouse"
 WAREHOUSE_TAGS = {WAREHOUSE_TAG: "write"}
 TRIGGER_TAG = "pulse/trigger"
 RAW_REQUESTS = dg.AssetKey(["raw", "ride_requests"])
-CHAMPION = dg.AssetKey(["model", "champion"])
 
 ingest_job = dg.define_asset_job(
     "ingest_day",
-    selection=dg.AssetSelection.assets(input_drift, model_drift, clickhouse_facts).upstream(),
+    selection=dg.AssetSelection.assets(input_drift, model_drift, clickhouse_facts, online_features).upstream(),
     tags=WAREHOUSE_TAGS,
     description="A landing day: raw → dbt facts → ClickHouse → Feast (offline, registry, online) → drift.",
 )
@@ -49,7 +46,7 @@ retrain_job = dg.define_asset_job(
     "retrain",
     selection=dg.AssetSelection.groups("training", "promotion"),
     tags=WAREHOUSE_TAGS,
-    description="Train a challenger on the window ending with the day; gate it; promote it or refuse it.",
+    description="Train a candidate on the newest data; backtest it; its gates promote it or refuse it.",
 )
 
 
@@ -169,77 +166,16 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
     return dg.SkipReason("; ".join(reasons) or "no new landing day")
 
 
-# Retraining ------------------------------------------------------------------------------------------
-def _trains_itself(instance: dg.DagsterInstance, run_id: str) -> bool:
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        return False
-    if run.asset_selection:
-        return CHAMPION in run.asset_selection
-    return run.job_name == "daily_pipeline"
-
-
-def _day_severity(instance: dg.DagsterInstance, key: dg.AssetKey, day: str, record=None) -> str:
-    if record is None:
-        result = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1)
-        record = result.records[0] if result.records else None
-    if record is None or record.asset_materialization is None:
-        return "none"
-    days = record.asset_materialization.metadata.get("days")
-    summary = (days.value if days is not None else {}).get(day, {})
-    return summary.get("severity", "none")
-
-
-@dg.sensor(
-    job=retrain_job,
-    minimum_interval_seconds=30,
+# Declared automation --------------------------------------------------------------------------------
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "pulse_automation",
+    target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="A day's facts and drift are in → one `retrain` run per partition, with a cooldown; severe drift "
-    "skips the cooldown.",
+    minimum_interval_seconds=30,
+    run_tags=WAREHOUSE_TAGS,
+    description="Evaluates the automation conditions declared on the assets (pulse_assets/automation.py): days "
+    "rebuilt after their inputs, the online store, retraining with a cooldown, the champion after its gates.",
 )
-def retrain_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
-    settings = pulse.settings()
-    state = json.loads(context.cursor) if context.cursor else {}
-    after, pending = state.get("after"), dict(state.get("pending", {}))
-    requested: list[str] = list(state.get("requested", []))  # partitions already retrained on (newest 90)
-    last_request = float(state.get("last_request", 0.0))
-    result = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=model_drift.key, after_storage_id=after), limit=500, ascending=True
-    )
-    for record in result.records:
-        after = record.storage_id
-        day = record.partition_key
-        if day is None or day in requested or _trains_itself(context.instance, record.run_id):
-            continue
-        severe = "severe" in (
-            _day_severity(context.instance, model_drift.key, day, record),
-            _day_severity(context.instance, input_drift.key, day),
-        )
-        pending[day] = "drift" if severe or pending.get(day) == "drift" else "new-partition"
-
-    def save(last: float = last_request, left: dict[str, str] = pending) -> None:
-        cursor = {"after": after, "pending": left, "last_request": last, "requested": sorted(requested)[-90:]}
-        context.update_cursor(json.dumps(cursor, sort_keys=True))
-
-    if not pending:
-        save()
-        return dg.SkipReason("no new partition to retrain on")
-    drifted = sorted(d for d, trigger in pending.items() if trigger == "drift")
-    wait = settings.retrain_cooldown_minutes * 60 - (time.time() - last_request)
-    if not drifted and wait > 0:
-        save()
-        return dg.SkipReason(f"cooldown: {wait:.0f}s before retraining on {sorted(pending)}")
-    day = max(pending)
-    tags = {
-        TRIGGER_TAG: "drift" if drifted else "new-partition",
-        "pulse/pending_days": ",".join(sorted(pending)),
-    }
-    if drifted:
-        tags["pulse/drifted_days"] = ",".join(drifted)
-    requested.extend(pending)  # the newest day's window covers the older pending days: one retrain for all
-    save(time.time(), {})
-    return dg.RunRequest(run_key=f"retrain-{day}", partition_key=day, tags=tags)
-
 
 automation_jobs = [ingest_job, retrain_job]
-sensors = [landing_sensor, retrain_sensor]
+sensors = [landing_sensor, automation_sensor]

@@ -1,37 +1,56 @@
-"""Training and promotion stages: a candidate per run's newest day, registered in MLflow, promoted if better."""
+"""Training stage: `model/candidate`, one current state: the newest candidate, a new MLflow version each time."""
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 
 import dagster as dg
-import numpy as np
 
-from pulse import drift, ingest
-from pulse.settings import MODEL_NAME
-from pulse_assets import quality
+from pulse import ingest
+from pulse_assets.automation import RETRAIN
 from pulse_assets.lazy import lazy_module
-from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource
 
-promotion = lazy_module("pulse.promotion")
 training = lazy_module("pulse.training")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What `model/candidate` hands to the assets and checks that judge it: which MLflow version, trained on
+    which window. Stored by the IO manager, so a later run judges the candidate this asset last produced."""
+
+    version: str
+    run_id: str
+    window_start: datetime
+    holdout_start: datetime
+    window_end: datetime
+
+
+class CandidateConfig(dg.Config):
+    window_end: str | None = None
+    """Last day (YYYY-MM-DD) of the training window, inclusive; default: the newest day with facts."""
 
 
 @dg.asset(
     key=["model", "candidate"],
-    deps=[["feast", "online_features"], "fct_demand_15min"],
+    deps=[["feast", "registry"], ["feast", "demand_features_parquet"], "fct_demand_15min"],
     group_name="training",
     kinds={"lightgbm", "mlflow"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    automation_condition=RETRAIN,
 )
-def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
+def model_candidate(context: dg.AssetExecutionContext, config: CandidateConfig, pulse: PulseResource) -> dg.Output:
     """LightGBM per horizon trained on the trailing window of point-in-time features from the Feast feature
-    service `demand_forecast_v1`, ending with the run's last day; registered as a version of
-    `pulse-demand-forecast` with alias `challenger`. A backfill trains once, on its newest day."""
+    service `demand_forecast_v1`, ending with the newest day (or `window_end`); registered as a new version of
+    `pulse-demand-forecast` with alias `challenger`. Every materialisation is a new version, named in its
+    metadata; the promotion gates are this asset's checks."""
     settings = pulse.settings()
-    _, end = partition_window(context)
     with ingest.connect(settings) as con:
+        if config.window_end:
+            end = datetime.combine(date.fromisoformat(config.window_end) + timedelta(days=1), datetime.min.time())
+        else:
+            end = training.data_end(con)
         try:
             report = training.train_candidate(con, settings, end)
-        except ValueError as err:  # too little history: fail loudly, downstream promotion must not run
+        except ValueError as err:  # too little history: fail loudly, nothing downstream may run
             raise dg.Failure(description=str(err)) from err
     metadata: dict[str, object] = {
         "model_version": report.version,
@@ -46,42 +65,6 @@ def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> 
     for h, m in report.holdout.items():
         metadata.update({f"holdout_{k}_{h}": float(v) for k, v in m.items()})
         metadata[f"baseline_wape_{h}"] = float(report.baseline[h]["wape"])
-    return dg.MaterializeResult(metadata=metadata)
-
-
-@dg.asset(
-    key=["model", "champion"],
-    deps=[model_candidate, ["model", "backtest"], ["monitoring", "input_drift"], ["monitoring", "model_drift"]],
-    group_name="promotion",
-    kinds={"mlflow"},
-    partitions_def=daily_partitions,
-    backfill_policy=single_run,
-)
-def champion_model(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
-    """The challenger becomes `champion` only when every gate passes (`pulse/promotion.py`): the GX checks on
-    its inputs, WAPE no worse than the champion's on the same held-out rows (within
-    `promotion_wape_tolerance`), better than the 4-week climatology, and no unresolved severe input drift on
-    the days it adds. The decision and its reasons are tagged on the MLflow version either way."""
-    settings = pulse.settings()
-    version, _ = quality.candidate_version(context.instance)
-    days, new_days = promotion.window_days(settings, version)
-    evidence = quality.check_evidence(context.instance, version, days, new_days)
-    with ingest.connect(settings) as con:
-        unresolved = drift.unresolved_severe_input_drift(con, new_days)
-    decision = promotion.decide(settings, version, evidence, unresolved)
-    context.log.info(f"v{decision.version} {'promoted' if decision.promoted else 'refused'}: {decision.reasons}")
-    figures = {k: round(v, 4) for k, v in decision.figures.items() if np.isfinite(v)}
-    return dg.MaterializeResult(
-        metadata={
-            "model": MODEL_NAME,
-            "candidate_version": decision.version,
-            "decision": "promoted" if decision.promoted else "refused",
-            "promoted": decision.promoted,
-            "champion_version": decision.champion or "none",
-            "previous_champion": decision.previous_champion or "none",
-            "gates": dg.MetadataValue.json({g.name: g.passed for g in decision.gates}),
-            "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
-            "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
-            "figures": dg.MetadataValue.json(figures),
-        }
-    )
+    candidate = Candidate(report.version, report.run_id, report.window_start, report.holdout_start, report.window_end)
+    context.log.info(f"candidate v{candidate.version}: window {candidate.window_start}..{candidate.window_end}")
+    return dg.Output(candidate, metadata=metadata)

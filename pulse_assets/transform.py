@@ -15,12 +15,25 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from pulse import feature_store, ingest
+from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource, dbt_project
 
 
 class PulseDbtTranslator(DagsterDbtTranslator):
-    """Groups come from dbt `meta.dagster.group`; sources map to the ingest assets' keys ["raw", table]."""
+    """Groups come from dbt `meta.dagster.group`, lookbacks from `meta.dagster.lookback_days` (parent → days
+    read before the row's day, declared as a `TimeWindowPartitionMapping`); every model is a day asset with
+    the `DAY` automation condition."""
+
+    def get_partition_mapping(
+        self, dbt_resource_props: Mapping[str, Any], dbt_parent_resource_props: Mapping[str, Any]
+    ) -> dg.PartitionMapping | None:
+        meta = dbt_resource_props.get("config", {}).get("meta") or dbt_resource_props.get("meta") or {}
+        days = meta.get("dagster", {}).get("lookback_days", {}).get(dbt_parent_resource_props.get("name"))
+        return dg.TimeWindowPartitionMapping(start_offset=-int(days), end_offset=0) if days else None
+
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        return DAY
 
     def get_metadata(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, Any]:
         meta = dict(super().get_metadata(dbt_resource_props))

@@ -1,13 +1,29 @@
 import dagster as dg
 
+CURRENT_STATES = {"feast/registry", "feast/online_features", "model/candidate", "model/backtest", "model/champion"}
 
-def test_code_location_loads_with_groups_and_partitions(tiny_home):
+
+def test_code_location_loads_with_day_assets_and_current_states(tiny_home):
     from pulse_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"ingest", "transform", "features", "training", "promotion"} <= groups
-    assert all(graph.get(k).partitions_def is not None for k in graph.get_all_asset_keys())
+    unpartitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None}
+    assert unpartitioned == CURRENT_STATES
+    # every asset declares how it is kept up to date, except the raw tables, which the landing sensor loads
+    undeclared = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is None}
+    assert undeclared == {f"raw/{t}" for t in ("ride_requests", "driver_pings", "price_quotes", "weather", "events")}
+
+
+def test_feature_lookback_is_declared_as_a_partition_mapping(tiny_home):
+    from pulse_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    features, facts = dg.AssetKey("fct_demand_features_15min"), dg.AssetKey("fct_demand_15min")
+    mapping = graph.get_partition_mapping(features, facts)
+    assert isinstance(mapping, dg.TimeWindowPartitionMapping)
+    assert (mapping.start_offset, mapping.end_offset) == (-29, 0)  # what the SQL reads: start - 29 days
 
 
 def test_every_asset_has_its_blocking_checks(tiny_home):
@@ -33,6 +49,14 @@ def test_every_asset_has_its_blocking_checks(tiny_home):
     specs = {s.key: s for a in [*defs.assets, *defs.asset_checks] for s in getattr(a, "check_specs", [])}
     assert set(specs) == keys
     assert [k for k, s in specs.items() if not s.blocking] == []  # a failing check stops what is downstream
+    # the day checks belong to their days; the promotion gates are the candidate's checks, one per gate
+    day_checks = {k for k, s in specs.items() if s.partitions_def is not None}
+    assert {(k.asset_key.to_user_string(), k.name) for k in day_checks} == gx - {
+        ("model/candidate", "gx_training_set"),
+        ("model/candidate", "gx_forecasts"),
+    }
+    gates = {k.name for k in keys if k.asset_key == dg.AssetKey(["model", "candidate"]) and k.name.startswith("gate_")}
+    assert gates == {"gate_input_checks", "gate_beats_champion", "gate_beats_climatology", "gate_input_drift"}
 
 
 def test_job_selections(tiny_home):
