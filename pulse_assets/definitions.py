@@ -15,8 +15,6 @@ from pulse_assets.sensors import WAREHOUSE_TAGS, automation_jobs, sensors
 from pulse_assets.training import model_candidate
 from pulse_assets.transform import dbt_models
 
-settings = PulseSettings()
-
 daily_pipeline = dg.define_asset_job(
     "daily_pipeline",
     selection=dg.AssetSelection.all(),
@@ -42,11 +40,7 @@ defs = dg.Definitions(
     asset_checks=[*asset_checks, *promotion_checks],
     jobs=[daily_pipeline, *automation_jobs],
     sensors=sensors,
-    resources={
-        **resources_for(settings),
-        # Values handed between assets (the candidate a champion judges) outlive the run that made them.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.dagster_home / "storage")),
-    },
+    resources=resources_for(PulseSettings()),
     # One process runs a run's steps in order: the DuckDB warehouse takes one writer at a time, and
     # per-step subprocesses would pay the Feast/dbt/LightGBM import cost again for every step.
     executor=dg.in_process_executor,

@@ -71,4 +71,9 @@ if _manifest_is_stale():
 
 
 def resources_for(settings: PulseSettings) -> dict[str, object]:
-    return {"pulse": PulseResource(home=str(settings.home), profile=settings.profile), "dbt": dbt_cli()}
+    return {
+        "pulse": PulseResource(home=str(settings.home), profile=settings.profile),
+        "dbt": dbt_cli(),
+        # Values handed between assets (the candidate a champion judges) outlive the run that made them.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.dagster_home / "storage")),
+    }

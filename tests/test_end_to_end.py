@@ -1,9 +1,17 @@
-"""The real pipeline on a tiny city: simulate → Dagster (ingest, dbt, ClickHouse, Feast, MLflow) → API."""
+"""The real pipeline on a tiny city: simulate → Dagster (ingest, dbt, ClickHouse, Feast, MLflow) → API; and what
+the Dagster UI shows of it (materialisations, staleness, checks), read through Dagster's own APIs."""
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import h3
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -28,6 +36,62 @@ def city(tiny_home):
     result = defs.resolve_job_def("daily_pipeline").execute_in_process(instance=instance, tags=RANGE_TAGS)
     assert result.success
     return settings, defs, instance
+
+
+CANDIDATE, CHAMPION = dg.AssetKey(["model", "candidate"]), dg.AssetKey(["model", "champion"])
+FEATURES = dg.AssetKey("fct_demand_features_15min")
+RAW_REQUESTS = dg.AssetKey(["raw", "ride_requests"])
+DAY_KEYS = [(TINY_START + timedelta(days=d)).isoformat() for d in range(DAYS)]
+
+
+@pytest.fixture(scope="module")
+def ui(city):
+    """The Dagster webserver on the tiny city's instance and code location; yields a GraphQL query function."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    exe = Path(sys.executable).parent / "dagster-webserver"
+    proc = subprocess.Popen(
+        [str(exe), "-w", str(root / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        cwd=root,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+
+    def query(text: str, **variables) -> dict:
+        r = httpx.post(url, json={"query": text, "variables": variables}, timeout=120)
+        r.raise_for_status()
+        body = r.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "dagster-webserver did not start"
+            time.sleep(1)
+        yield query
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+STALE_BY_DAY = """query($key: AssetKeyInput!, $days: [String!]) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { staleStatusByPartition(partitions: $days) } }
+}"""
+
+
+def stale_by_day(query, key: dg.AssetKey) -> dict[str, str]:
+    data = query(STALE_BY_DAY, key={"path": list(key.path)}, days=DAY_KEYS)
+    return dict(zip(DAY_KEYS, data["assetNodeOrError"]["staleStatusByPartition"], strict=True))
 
 
 def fact_rows(settings: PulseSettings, table: str) -> list[tuple]:
@@ -56,6 +120,51 @@ def test_pipeline_materialises_every_asset_with_row_counts(city):
 
     with fact_store.connect(settings) as ch:
         assert ch.query("SELECT count() FROM fct_demand_15min").result_rows[0][0] == grid
+
+
+def test_champion_feast_registry_and_online_store_are_current_states(city):
+    settings, defs, instance = city
+    from pulse import registry
+
+    records = instance.fetch_materializations(CHAMPION, limit=10).records
+    assert len(records) == 1  # one decision: the first candidate promoted over no champion
+    decided = records[0].asset_materialization.metadata
+    candidate = instance.get_latest_materialization_event(CANDIDATE).asset_materialization.metadata
+    version = candidate["model_version"].value
+    assert decided["candidate_version"].value == version == registry.alias_version(settings, registry.CHAMPION)
+    assert decided["previous_champion"].value == "none"
+    assert decided["window_end"].value == candidate["window_end"].value
+    for key in (CANDIDATE, CHAMPION, dg.AssetKey(["feast", "registry"]), dg.AssetKey(["feast", "online_features"])):
+        assert defs.resolve_asset_graph().get(key).partitions_def is None
+        assert instance.get_materialized_partitions(key) == set()  # no day partitions of a current state
+        assert len(instance.fetch_materializations(key, limit=10).records) == 1  # once for the 5-day run
+
+
+def test_a_changed_day_marks_every_day_that_read_it_stale(city, ui):
+    """A corrected day D re-landed and loaded (the landing sensor's `ingest_day` run of D): the UI (the
+    webserver's GraphQL) marks the features of every later day whose 29-day lookback read D's facts stale, not
+    D itself (rebuilt in that run) nor the days before; Dagster's automation requests exactly those days; a run
+    of the stale days brings them back to identical rows, and fresh."""
+    settings, defs, instance = city
+    before = fact_rows(settings, "fct_demand_features_15min")
+    assert set(stale_by_day(ui, FEATURES).values()) == {"FRESH"}
+    cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+    day = DAY_KEYS[1]
+    assert defs.resolve_job_def("ingest_day").execute_in_process(instance=instance, partition_key=day).success
+
+    stale = stale_by_day(ui, FEATURES)
+    assert stale == {d: "STALE" if d > day else "FRESH" for d in DAY_KEYS}, stale
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    assert result.get_requested_partitions(FEATURES) == {d for d in DAY_KEYS if d > day}
+
+    graph = defs.resolve_asset_graph()
+    days = dg.AssetSelection.assets(FEATURES).downstream().resolve(graph)
+    keys = [k for k in days if graph.get(k).partitions_def is not None]
+    tags = {"dagster/asset_partition_range_start": DAY_KEYS[2], "dagster/asset_partition_range_end": DAY_KEYS[-1]}
+    job = defs.resolve_job_def("daily_pipeline")
+    assert job.execute_in_process(instance=instance, tags=tags, asset_selection=keys).success
+    assert set(stale_by_day(ui, FEATURES).values()) == {"FRESH"}
+    assert fact_rows(settings, "fct_demand_features_15min") == before
 
 
 def test_rematerialising_a_partition_changes_no_fact_rows(city):
