@@ -51,7 +51,13 @@ CODE = (AC.on_missing() | AC.code_version_changed()).with_label("when missing or
 
 def retrain(cooldown_minutes: float) -> dg.AutomationCondition:
     cron = cooldown_cron(cooldown_minutes)
-    new_data = AC.any_deps_updated().since_last_handled().with_label("new data since the last retrain")
+    # Handled when a candidate is made, not when one is requested: a retrain that failed is tried again after
+    # the cooldown, and data landing while a retrain is queued is not taken for trained on.
+    new_data = (
+        AC.any_deps_updated()
+        .since(AC.newly_updated() | AC.initial_evaluation())
+        .with_label("new data since the last candidate")
+    )
     cooled = AC.cron_tick_passed(cron, "UTC").since(AC.newly_requested()).with_label(f"cooldown ({cron})")
     return (new_data & cooled & ~AC.any_deps_in_progress() & ~AC.in_progress() & ~_checks_fail_upstream()).with_label(
         "retrain"

@@ -114,6 +114,7 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
         "model_version": candidate.version,
         "compared_with": decision.previous_champion or "none",
         "window_start": candidate.window_start.isoformat(),
+        "holdout_start": candidate.holdout_start.isoformat(),
         "window_end": candidate.window_end.isoformat(),
         "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
     }

@@ -5,7 +5,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -88,6 +88,12 @@ class QualityCity:
     instance: object
     stash: Path
     cursors: dict = field(default_factory=dict)  # sensor name -> cursor, carried between tests
+    automation_cursor: object = None  # the automation sensor's cursor, carried between tests
+    # The automation sensor's clock, moved by the tests: 30 s past a full hour, so that the retrain cooldown's cron
+    # ticks (every 10 minutes) fall where the tests' steps put them.
+    clock: datetime = field(
+        default_factory=lambda: datetime.now(UTC).replace(minute=0, second=30, microsecond=0) + timedelta(hours=1)
+    )
 
     def day(self, i: int) -> date:
         return TINY_START + timedelta(days=i - 1)
@@ -123,6 +129,33 @@ class QualityCity:
         self.cursors[sensor] = data.cursor
         return data
 
+    def automate(self, minutes: float = 0.0):
+        """Evaluate the declared automation conditions once, ``minutes`` after the previous evaluation, as the
+        automation sensor would, carrying its cursor. Returns Dagster's result (requested asset partitions)."""
+        import dagster as dg
+
+        self.clock += timedelta(minutes=minutes)
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.automation_cursor, evaluation_time=self.clock
+        )
+        self.automation_cursor = result.cursor
+        return result
+
+    def requested(self, result) -> set[str]:
+        """Asset keys (user strings) the evaluation requested."""
+        graph = self.defs.resolve_asset_graph()
+        return {k.to_user_string() for k in graph.get_all_asset_keys() if result.get_requested_partitions(k)}
+
+    def launch_current_states(self, result, run_config=None):
+        """Run the unpartitioned assets an evaluation requested (the retrain), in one `retrain` run."""
+
+        graph = self.defs.resolve_asset_graph()
+        keys = [k for k in graph.get_all_asset_keys() if result.get_requested_partitions(k) == {None}]
+        job = self.defs.resolve_job_def("retrain")
+        return job.execute_in_process(
+            instance=self.instance, asset_selection=keys, run_config=run_config or {}, raise_on_error=False
+        )
+
     def launch(self, request):
         """Execute a sensor's run request in process, with the tags the daemon would add."""
         job = self.defs.resolve_job_def(request.job_name or self._job_of(request))
@@ -131,7 +164,7 @@ class QualityCity:
         return job.execute_in_process(instance=self.instance, tags=tags, raise_on_error=False, **kwargs)
 
     def _job_of(self, request) -> str:
-        return {"landing_sensor": "ingest_day", "retrain_sensor": "retrain"}[request.tags["dagster/sensor_name"]]
+        return {"landing_sensor": "ingest_day"}[request.tags["dagster/sensor_name"]]
 
 
 @pytest.fixture(scope="session")

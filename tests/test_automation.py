@@ -1,6 +1,7 @@
-"""Automation through Dagster's sensor and run APIs on the quality city (tests/conftest.py): a day copied into
-the landing zone yields that day's facts, a new challenger and a recorded promotion decision; retraining runs
-once per partition with a cooldown that severe drift skips; gates refuse with reasons; rollback."""
+"""Automation through Dagster's sensor, automation-condition and run APIs on the quality city (tests/conftest.py):
+a day copied into the landing zone yields that day's facts, then one retrain with its gates (blocking checks of
+the candidate) and a recorded decision; retraining waits for its cooldown; an older-window candidate is judged
+on its own holdout; a failing gate stops the champion; rollback."""
 
 import json
 from datetime import date
@@ -18,7 +19,7 @@ from pulse.model import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 CHAMPION_KEY = dg.AssetKey(["model", "champion"])
-MODEL_DRIFT = dg.AssetKey(["monitoring", "model_drift"])
+CANDIDATE_KEY = dg.AssetKey(["model", "candidate"])
 
 
 def day_rows(settings, table: str, day) -> int:
@@ -28,12 +29,27 @@ def day_rows(settings, table: str, day) -> int:
         ]
 
 
-def test_new_landing_day_yields_facts_challenger_and_decision(quality):
+TRAINING = {"model/candidate", "model/backtest", "model/champion"}
+GATES = {"gate_input_checks", "gate_beats_champion", "gate_beats_climatology", "gate_input_drift"}
+
+
+def check_results(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    """The check evaluations a run recorded on ``asset``, by check name."""
+    out = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if evaluation.asset_key.to_user_string() == asset:
+                out[evaluation.check_name] = evaluation
+    return out
+
+
+def test_new_landing_day_yields_facts_then_one_retrain_and_a_decision(quality):
     city, settings = quality, quality.settings
     champion_before = registry.alias_version(settings, registry.CHAMPION)
-    challenger_before = registry.alias_version(settings, registry.CHALLENGER)
     assert champion_before is not None
     assert not city.tick("landing_sensor").run_requests, "the days loaded by daily_pipeline are not loaded again"
+    assert not city.requested(city.automate()), "nothing to do after the city's first run"
 
     day = city.land(6)
     tick = city.tick("landing_sensor")
@@ -43,48 +59,111 @@ def test_new_landing_day_yields_facts_challenger_and_decision(quality):
     assert day_rows(settings, "fct_demand_features_15min", day) == 19 * 2 * 96
     assert not city.tick("landing_sensor").run_requests  # loaded once
 
-    tick = city.tick("retrain_sensor")
-    assert len(tick.run_requests) == 1
-    request = tick.run_requests[0]
-    assert (request.run_key, request.partition_key) == (f"retrain-{day}", day.isoformat())
-    assert request.tags["pulse/trigger"] == "new-partition"
-    assert city.launch(request).success
-
-    challenger = registry.alias_version(settings, registry.CHALLENGER)
-    assert challenger != challenger_before
-    tags = MlflowClient(settings.tracking_uri).get_model_version(MODEL_NAME, challenger).tags
-    decision = tags["promotion_decision"]
-    assert decision in ("promoted", "refused")
-    gates = json.loads(tags["promotion_gates"])
-    assert set(gates) == {"input_checks", "backtest_vs_champion", "better_than_climatology", "input_drift"}
+    evaluation = city.automate(minutes=11)  # a cooldown tick has passed
+    assert city.requested(evaluation) == TRAINING  # the day was loaded whole: only the retrain is left
+    result = city.launch_current_states(evaluation)
+    candidate = city.instance.get_latest_materialization_event(CANDIDATE_KEY).asset_materialization.metadata
+    version = candidate["model_version"].value
+    gates = check_results(result, "model/candidate")
+    assert set(gates) >= GATES and {"gx_training_set", "gx_forecasts"} <= set(gates)
+    for name in GATES:
+        meta = gates[name].metadata
+        assert meta["model_version"].value == version and meta["compared_with"].value == champion_before
+        assert gates[name].description, name  # its reasons
+    tags = MlflowClient(settings.tracking_uri).get_model_version(MODEL_NAME, version).tags
+    assert json.loads(tags["promotion_gates"]).keys() == {g for g in promotion_gate_names()}
+    assert tags["champion_at_decision"] == champion_before
     reasons = json.loads(tags["promotion_reasons"])
     assert any(f"champion v{champion_before}" in r for r in reasons), reasons  # compared on the same holdout
-    meta = city.instance.get_latest_materialization_event(CHAMPION_KEY).asset_materialization.metadata
-    assert meta["candidate_version"].value == challenger and meta["decision"].value == decision
-    expected = challenger if decision == "promoted" else champion_before
-    assert registry.alias_version(settings, registry.CHAMPION) == expected == meta["champion_version"].value
-    assert not city.tick("retrain_sensor").run_requests  # one retrain per partition
+    promoted = all(gates[name].passed for name in GATES)
+    assert tags["promotion_decision"] == ("promoted" if promoted else "refused")
+    assert result.success == promoted  # a failing gate is a failing blocking check: the champion did not run
+    champions = city.instance.fetch_materializations(CHAMPION_KEY, limit=10).records
+    if promoted:
+        assert champions[0].asset_materialization.metadata["candidate_version"].value == version
+    assert registry.alias_version(settings, registry.CHAMPION) == (version if promoted else champion_before)
+
+    assert not city.requested(city.automate(minutes=1)), "one retrain per new data"
+    assert not city.requested(city.automate(minutes=30)), "no new data, no retrain, cooldown or not"
 
 
-def test_retrain_sensor_cooldown_drift_and_one_run_per_partition(quality):
+def promotion_gate_names() -> set[str]:
+    from pulse_assets.promotion import GATES
+
+    return set(GATES)
+
+
+def test_retrain_waits_for_the_cooldown(quality):
     city = quality
-    city.tick("retrain_sensor")  # consume whatever earlier tests left
+    city.automate(minutes=11)  # whatever earlier tests left
+    day = city.land(7)
+    tick = city.tick("landing_sensor")
+    assert [r.partition_key for r in tick.run_requests] == [day.isoformat()]
+    assert city.launch(tick.run_requests[0]).success
+    city.automate(minutes=11)  # a tick passed: the new day is retrained on
+    day = city.land(8)
+    assert city.launch(city.tick("landing_sensor").run_requests[0]).success
+    assert "model/candidate" not in city.requested(city.automate(minutes=1))  # within the cooldown
+    result = city.automate(minutes=10)
+    assert "model/candidate" in city.requested(result), explain(result, CANDIDATE_KEY)  # the next tick
 
-    def drift_landed(day: str, severity: str) -> None:
-        summary = {day: {"severity": severity}}
-        event = dg.AssetMaterialization(asset_key=MODEL_DRIFT, partition=day, metadata={"days": summary})
-        city.instance.report_runless_asset_event(event)
 
-    drift_landed("2026-11-10", "moderate")
-    tick = city.tick("retrain_sensor")
-    assert not tick.run_requests and "cooldown" in tick.skip_message  # a retrain was requested minutes ago
-    drift_landed("2026-11-11", "severe")
-    tick = city.tick("retrain_sensor")
-    assert [r.partition_key for r in tick.run_requests] == ["2026-11-11"]  # severe drift skips the cooldown
-    assert tick.run_requests[0].tags["pulse/trigger"] == "drift"
-    assert tick.run_requests[0].tags["pulse/pending_days"] == "2026-11-10,2026-11-11"  # coalesced
-    drift_landed("2026-11-11", "severe")  # the same partition again (a rerun)
-    assert not city.tick("retrain_sensor").run_requests
+def explain(result, key: dg.AssetKey) -> str:
+    """The condition tree of ``key`` in an evaluation: which part was true."""
+    lines = []
+
+    def walk(r, depth):
+        lines.append(f"{'  ' * depth}{r.condition.get_label() or type(r.condition).__name__}: {r.true_subset.size}")
+        for child in r.child_results:
+            walk(child, depth + 1)
+
+    for r in result.results:
+        if r.key == key:
+            walk(r, 0)
+    return "\n".join(lines)
+
+
+def test_an_older_window_candidate_is_judged_on_its_own_holdout(quality):
+    """A candidate trained on an older window (run config `window_end`): its gates judge it, on its holdout,
+    against the champion in place; the champion asset reads that candidate, not the newest version."""
+    city, settings = quality, quality.settings
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    older = city.day(4)
+    config = {"ops": {"model__candidate": {"config": {"window_end": older.isoformat()}}}}
+    job = city.defs.resolve_job_def("retrain")
+    result = job.execute_in_process(instance=city.instance, run_config=config, raise_on_error=False)
+    candidate = city.instance.get_latest_materialization_event(CANDIDATE_KEY).asset_materialization.metadata
+    version = candidate["model_version"].value
+    assert candidate["window_end"].value == f"{city.day(5).isoformat()}T00:00:00"  # the end of day 4
+    gates = check_results(result, "model/candidate")
+    for name in GATES:
+        meta = gates[name].metadata
+        assert (meta["model_version"].value, meta["compared_with"].value) == (version, champion)
+        assert meta["window_end"].value == candidate["window_end"].value
+        assert meta["holdout_start"].value == candidate["holdout_start"].value  # judged on its own holdout
+    figures = gates["gate_beats_champion"].metadata["figures"].value
+    assert 0.9 * candidate["holdout_rows"].value <= figures["rows_30"] <= candidate["holdout_rows"].value
+    if result.success:
+        decided = city.instance.get_latest_materialization_event(CHAMPION_KEY).asset_materialization.metadata
+        assert decided["candidate_version"].value == version
+
+
+def test_a_failing_gate_is_a_blocking_check_that_stops_the_champion(quality, monkeypatch):
+    city, settings = quality, quality.settings
+    champion = registry.alias_version(settings, registry.CHAMPION)
+    champions = len(city.instance.fetch_materializations(CHAMPION_KEY, limit=100).records)
+    monkeypatch.setenv("PULSE_PROMOTION_WAPE_TOLERANCE", "-0.9")  # must beat the champion by 90%: impossible
+    result = city.defs.resolve_job_def("retrain").execute_in_process(instance=city.instance, raise_on_error=False)
+    assert not result.success
+    gate = check_results(result, "model/candidate")["gate_beats_champion"]
+    assert not gate.passed and "WAPE" in gate.description and f"champion v{champion}" in gate.description
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "promotion_gates" in started and "model__champion" not in started
+    assert len(city.instance.fetch_materializations(CHAMPION_KEY, limit=100).records) == champions
+    assert registry.alias_version(settings, registry.CHAMPION) == champion
+    version = city.instance.get_latest_materialization_event(CANDIDATE_KEY).asset_materialization.metadata
+    tags = MlflowClient(settings.tracking_uri).get_model_version(MODEL_NAME, version["model_version"].value).tags
+    assert tags["promotion_decision"] == "refused"
 
 
 def test_gates_refuse_with_reasons_and_keep_the_champion(quality):

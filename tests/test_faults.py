@@ -1,5 +1,6 @@
 """Fault injection on the quality city (tests/conftest.py): a faulty day lands, the landing sensor loads it, the
-right check stops the run, no retrain is requested, the champion stays, and the good days keep every row."""
+right check stops the run on that day's partition only, no retrain is requested, the champion stays, and the good
+days keep every row."""
 
 import dagster as dg
 import duckdb
@@ -92,7 +93,7 @@ def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, nam
     challenger = registry.alias_version(settings, registry.CHALLENGER)
     good = snapshot(settings, day)
     city.tick("landing_sensor")
-    city.tick("retrain_sensor")
+    city.automate(minutes=11)  # whatever earlier tests left
 
     city.land(FAULT_DAY, ride_requests=fault)
     tick = city.tick("landing_sensor")
@@ -104,7 +105,7 @@ def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, nam
     # Blocked downstream: nothing reached Feast, drift or training for the day.
     done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
-    assert not city.tick("retrain_sensor").run_requests
+    assert "model/candidate" not in city.requested(city.automate(minutes=11))  # a cooldown tick passed: no retrain
     assert registry.alias_version(settings, registry.CHAMPION) == champion
     assert registry.alias_version(settings, registry.CHALLENGER) == challenger
     assert snapshot(settings, day) == good, "rows of the good days changed"
@@ -112,8 +113,9 @@ def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, nam
 
 
 def test_swapped_coordinates_are_stopped_in_a_backfill_from_the_first_day(quality):
-    """A single-run backfill of days 1–7 (`pulse materialize`, `make demo`): no day before it to learn the city
-    from, so the run's own days define it, robustly: the faulty day still fails, and nothing after raw runs."""
+    """A single-run backfill of days 1–7 (`pulse materialize`, `make demo`): each day is judged on its own
+    partition of the check, against the days before it (loaded by the same run; the first day by itself): the
+    faulty day fails, on its day only, and nothing after raw runs."""
     city, settings = quality, quality.settings
     champion = registry.alias_version(settings, registry.CHAMPION)
     good = snapshot(settings, city.day(6))
@@ -128,8 +130,14 @@ def test_swapped_coordinates_are_stopped_in_a_backfill_from_the_first_day(qualit
     assert not result.success
     message = failure_of(result, "raw/ride_requests:great_expectations")
     assert f"raw_ride_requests[{day}]: expect_column_values_to_be_between(pickup_lat)" in message, message[:2000]
-    assert "from the run's own days" in message
+    assert f"days before {day}" in message
     assert f"raw_ride_requests[{city.day(6)}]: expect" not in message  # the good days pass
+    # each day's result belongs to its day: the UI and the promotion gate see which day failed
+    key = dg.AssetCheckKey(dg.AssetKey(["raw", "ride_requests"]), "great_expectations")
+    days = [city.day(i).isoformat() for i in range(1, FAULT_DAY + 1)]
+    infos = city.instance.event_log_storage.get_asset_check_partition_info([key], partition_keys=days)
+    status = {i.partition_key: i.latest_execution_status.value for i in infos}
+    assert status == {d: "FAILED" if d == day.isoformat() else "SUCCEEDED" for d in days}, status
     done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
     assert registry.alias_version(settings, registry.CHAMPION) == champion
