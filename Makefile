@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
 UV := python3 -m uv
 VENV := .venv/.synced
 
-.PHONY: install system-deps browser demo test lint format clean services services-stop bench-serving bench-forecast \
+.PHONY: install system-deps browser demo test lint format clean check-defs services services-stop bench-serving bench-forecast \
 	bench-pipeline
 
 $(VENV): pyproject.toml uv.lock
@@ -49,7 +49,11 @@ format: install
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
 
-test: install system-deps browser lint
+# The code location loads, as `dg` (Dagster's project CLI) sees it: every definition, check and resource.
+check-defs: install
+	$(UV) run --frozen dg check defs
+
+test: install system-deps browser lint check-defs
 	$(UV) run --frozen pytest -q
 
 # The serving benchmark (README "Serving"): needs the demo city, builds it when missing.
