@@ -72,3 +72,29 @@ def test_job_selections(tiny_home):
     ingest = assets("ingest_day")
     assert ingest == everything - training  # a landing day loads everything but never trains
     assert {"raw/ride_requests", "feast/online_features", "monitoring/model_drift", "clickhouse/facts_15min"} <= ingest
+
+
+def test_a_code_location_per_city_from_configuration(tmp_path):
+    """Two cities, two homes whose city files name different first days: the same code, loaded as each city's
+    code server would (its own process and PULSE_HOME), partitions each city's own days."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from pulse_assets.definitions import defs;"
+        "graph = defs.resolve_asset_graph();"
+        "import dagster as dg;"
+        "print(graph.get(dg.AssetKey('fct_demand_15min')).partitions_def.get_first_partition_key())"
+    )
+    firsts = {}
+    for city, start in (("chicago", "2021-01-01"), ("nyc", "2014-07-01")):
+        home = tmp_path / city
+        (home / "dagster").mkdir(parents=True)
+        (home / "city.env").write_text(f"PULSE_CITY={city}\nPULSE_START_DATE={start}\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
+        env |= {"PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        firsts[city] = out.stdout.strip().splitlines()[-1]
+    assert firsts == {"chicago": "2021-01-01", "nyc": "2014-07-01"}
