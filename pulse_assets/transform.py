@@ -49,8 +49,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
         feature_store.import_in_background()  # overlaps dbt's subprocess; the feature stage needs Feast next
     # dagster-dbt gives the invocation its own target folder and copies the project's prepared parse into it.
     with _environment(window):  # the dbt subprocess copies the environment when it starts
-        event_time = ["--event-time-start", start.isoformat(), "--event-time-end", end.isoformat()]
-        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings)), *event_time], context=context)
+        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
     # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
     events = list(invocation.stream())
     with ingest.connect(settings) as con:

@@ -149,10 +149,6 @@ def _dbt_build(tmp: Path, warehouse: Path, window: tuple[str, str], unit_tests: 
         "--no-send-anonymous-usage-stats",
         "--vars",
         json.dumps({"start": window[0], "end": window[1], "service_types": SERVICE_TYPES}),
-        "--event-time-start",
-        window[0],
-        "--event-time-end",
-        window[1],
     ]
     if not unit_tests:
         args += ["--exclude-resource-type", "unit_test"]

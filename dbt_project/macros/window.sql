@@ -46,31 +46,7 @@
     {{ return(dt) }}
 {% endmacro %}
 
-{#- The batch of a microbatch model: dbt sets model.batch (UTC datetimes) while it compiles each batch. -#}
-{% macro _batch_window() %}
-    {%- set batch = model.get('batch') if model is mapping else none -%}
-    {%- if not batch or not batch.get('event_time_start') -%}
-        {{ return(none) }}
-    {%- endif -%}
-    {%- set bounds = [] -%}
-    {%- for key in ['event_time_start', 'event_time_end'] -%}
-        {%- set value = batch[key] -%}
-        {%- if value is string -%}
-            {%- set value = modules.datetime.datetime.fromisoformat(value) -%}
-        {%- endif -%}
-        {%- if value.tzinfo is not none -%}
-            {%- set value = value.astimezone(modules.pytz.utc).replace(tzinfo=none) -%}
-        {%- endif -%}
-        {%- do bounds.append(value) -%}
-    {%- endfor -%}
-    {{ return(bounds) }}
-{% endmacro %}
-
 {% macro _window() %}
-    {%- set batch = _batch_window() -%}
-    {%- if batch -%}
-        {{ return(batch) }}
-    {%- endif -%}
     {%- set start = _parse_window_var('start') -%}
     {%- set end = _parse_window_var('end') -%}
     {%- if start >= end -%}

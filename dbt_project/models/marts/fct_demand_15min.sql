@@ -1,12 +1,11 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='microbatch',
-        event_time='bucket_start',
-        batch_size='day',
-        begin='2026-01-01',
+        incremental_strategy='delete+insert',
+        unique_key=['hex_id', 'service_type', 'bucket_start'],
         on_schema_change='sync_all_columns',
         full_refresh=false,
+        pre_hook="{{ delete_window() }}",
     )
 }}
 

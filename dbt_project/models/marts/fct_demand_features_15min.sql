@@ -1,12 +1,11 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='microbatch',
-        event_time='bucket_start',
-        batch_size='day',
-        begin='2026-01-01',
+        incremental_strategy='delete+insert',
+        unique_key=['hex_id', 'service_type', 'bucket_start'],
         on_schema_change='sync_all_columns',
         full_refresh=false,
+        pre_hook="{{ delete_window() }}",
     )
 }}
 
@@ -55,7 +54,7 @@ demand as (
         acceptance_rate,
         mean_quoted_surge
 
-    from {{ ref('fct_demand_15min').render() }}  -- 29 days back: not filtered to the batch
+    from {{ ref('fct_demand_15min') }}
     where bucket_start >= {{ window_start() }} - interval 29 day
       and bucket_start < {{ window_end() }}
 
