@@ -1,4 +1,4 @@
-"""Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt as vars."""
+"""Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt in the environment."""
 
 import json
 import os
@@ -83,4 +83,3 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
