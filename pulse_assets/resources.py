@@ -28,6 +28,11 @@ _settings = PulseSettings()
 # profiles.yml reads the warehouse path from the environment; parsing opens no connection, but dbt compares
 # the profile (and the --vars) with those a saved parse was made with before it reuses the parse.
 os.environ.setdefault("PULSE_WAREHOUSE", str(_settings.warehouse_path))
+# dagster-dbt's preparer runs the `dbt` it finds on PATH: make that this environment's, as dbt_cli()'s is, also
+# when `dagster dev` was started as .venv/bin/dagster without the venv on PATH.
+_bin = str(Path(sys.executable).parent)
+if _bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([_bin, os.environ.get("PATH", "")])
 
 # dagster-dbt's project preparation: `dagster-dbt project prepare-and-package --file pulse_assets/resources.py`
 # (run by `make install`) writes target/manifest.json and target/partial_parse.msgpack before the code location
