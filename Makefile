@@ -14,7 +14,18 @@ $(VENV): pyproject.toml uv.lock
 	$(UV) sync --frozen --python 3.11
 	touch $@
 
-install: $(VENV)
+# dbt's manifest before the code location loads (tests and `pulse materialize` import it outside `dagster dev`):
+# dagster-dbt's project preparation (`dbt parse` with the runs' --vars) into dbt_project/target, again whenever a
+# file of the dbt project changes. Under `dagster dev`, DbtProject.prepare_if_dev() re-parses on every load.
+DBT_MANIFEST := dbt_project/target/manifest.json
+DBT_SOURCES := dbt_project/dbt_project.yml dbt_project/profiles.yml pulse_assets/resources.py \
+	$(shell find dbt_project/models dbt_project/macros dbt_project/seeds dbt_project/tests -type f)
+
+$(DBT_MANIFEST): $(VENV) $(DBT_SOURCES)
+	$(UV) run --frozen dagster-dbt project prepare-and-package --file pulse_assets/resources.py
+	touch $@
+
+install: $(VENV) $(DBT_MANIFEST)
 
 # Debian packages the tests and the production profile need: Redis, PostgreSQL's server binaries (make services and
 # tests/test_production.py run them under PULSE_HOME). CI runs as root; apt-get update runs only when one is missing.

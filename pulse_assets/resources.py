@@ -3,19 +3,48 @@ every URI the assets use is derived from it, so resources stay the same objects 
 
 from __future__ import annotations
 
-import importlib.metadata
+import json
 import os
 import sys
-from functools import cached_property
 from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DbtCliResource, DbtProject
-from packaging import version
 
 from pulse.settings import PROJECT_ROOT, PulseSettings
 
-dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=PROJECT_ROOT / "dbt_project")
+
+def dbt_vars(settings: PulseSettings) -> dict[str, object]:
+    """The dbt vars of every invocation for a city: only what stays the same from run to run, since changed
+    --vars make dbt re-parse the whole project. The partition window goes to dbt separately (transform.py)."""
+    return {
+        "service_types": list(settings.service_types),
+        "min_cell_requests": settings.min_cell_requests,
+        "timezone": settings.timezone,  # weekly/daily lookbacks follow the city's clock
+    }
+
+
+_settings = PulseSettings()
+# profiles.yml reads the warehouse path from the environment; parsing opens no connection, but dbt compares
+# the profile (and the --vars) with those a saved parse was made with before it reuses the parse.
+os.environ.setdefault("PULSE_WAREHOUSE", str(_settings.warehouse_path))
+# dagster-dbt's preparer runs the `dbt` it finds on PATH: make that this environment's, as dbt_cli()'s is, also
+# when `dagster dev` was started as .venv/bin/dagster without the venv on PATH.
+_bin = str(Path(sys.executable).parent)
+if _bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join([_bin, os.environ.get("PATH", "")])
+
+# dagster-dbt's project preparation: `dagster-dbt project prepare-and-package --file pulse_assets/resources.py`
+# (run by `make install`) writes target/manifest.json and target/partial_parse.msgpack before the code location
+# loads; under `dagster dev`, prepare_if_dev() parses again on every load, so an edited model is picked up. The
+# parse uses the runs' --vars, so dagster-dbt's copy of it into each run's target folder spares the runs of this
+# city a full parse.
+dbt_project = DbtProject(
+    project_dir=PROJECT_ROOT / "dbt_project",
+    profiles_dir=PROJECT_ROOT / "dbt_project",
+    prepare_project_cli_args=["parse", "--quiet", "--vars", json.dumps(dbt_vars(_settings))],
+)
+dbt_project.prepare_if_dev()
 
 
 class PulseResource(dg.ConfigurableResource):
@@ -32,42 +61,12 @@ class PulseResource(dg.ConfigurableResource):
         return PulseSettings(home=self.home, profile=self.profile)
 
 
-class PulseDbtCliResource(DbtCliResource):
-    """dagster-dbt's resource without two per-run start-up costs it pays before dbt even starts (measured 7.7 s
-    of a 20 s dbt step): ``dbt --version`` in a subprocess to learn the version, which is the dbt-core
-    installed here (the executable is this environment's), and an in-process dbt adapter with the project's
-    macros loaded, which serves only ``fetch_row_counts`` / ``fetch_column_metadata``; Pulse reads its row
-    counts from the warehouse itself after dbt exits (``pulse_assets.transform.row_counts``)."""
-
-    @cached_property
-    def _cli_version(self) -> version.Version:
-        return version.parse(importlib.metadata.version("dbt-core"))
-
-    def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001, ANN202 (dagster-dbt's signature)
-        return None
-
-
 def dbt_cli() -> DbtCliResource:
-    return PulseDbtCliResource(
-        project_dir=dbt_project,
-        profiles_dir=str(dbt_project.project_dir),
+    return DbtCliResource(
+        project_dir=dbt_project,  # profiles_dir comes with the project
         # The dbt of this environment, whether or not the venv is on PATH.
         dbt_executable=str(Path(sys.executable).parent / "dbt"),
     )
-
-
-def _manifest_is_stale() -> bool:
-    if not dbt_project.manifest_path.exists():
-        return True
-    built = dbt_project.manifest_path.stat().st_mtime
-    sources = [p for d in ("models", "macros", "seeds", "tests") for p in (dbt_project.project_dir / d).rglob("*")]
-    return any(p.stat().st_mtime > built for p in [*sources, dbt_project.project_dir / "dbt_project.yml"])
-
-
-if _manifest_is_stale():
-    # A fresh clone has no manifest, an edited project an outdated one; parsing needs only the project files.
-    os.environ.setdefault("PULSE_WAREHOUSE", str(PulseSettings().warehouse_path))
-    dbt_cli().cli(["parse", "--quiet"], target_path=Path("target")).wait()
 
 
 def resources_for(settings: PulseSettings) -> dict[str, object]:

@@ -1,14 +1,9 @@
-"""Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt as vars."""
+"""Transform stage: the dbt-duckdb project as Dagster assets, the partition window handed to dbt in the environment."""
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,7 +12,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 from pulse import feature_store, ingest
 from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
-from pulse_assets.resources import PulseResource, dbt_project
+from pulse_assets.resources import PulseResource, dbt_project, dbt_vars
 
 
 class PulseDbtTranslator(DagsterDbtTranslator):
@@ -58,28 +53,18 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     """Build staging views and the incremental 15-minute marts for the run's window, then run dbt tests."""
     settings = pulse.settings()
     start, end = partition_window(context)
-    # Only what stays the same from run to run goes in --vars: changed --vars make dbt re-parse the whole
-    # project (~4 s). The window goes through the environment, read by macros/window.sql when executing.
-    dbt_vars = {
-        "service_types": list(settings.service_types),
-        "min_cell_requests": settings.min_cell_requests,
-        "timezone": settings.timezone,  # weekly/daily lookbacks follow the city's clock
-    }
+    # Only what stays the same from run to run goes in --vars (dbt_vars): changed --vars make dbt re-parse the
+    # whole project. The window goes through the environment, read by macros/window.sql when executing.
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
     window = {"PULSE_DBT_WINDOW_START": start.isoformat(sep=" "), "PULSE_DBT_WINDOW_END": end.isoformat(sep=" ")}
     selection = context.run.asset_selection  # None or empty: the run's whole job
     if not selection or any(key.path[0] == "feast" for key in selection):
         feature_store.import_in_background()  # overlaps dbt's subprocess; the feature stage needs Feast next
-    saved_parse = _saved_parse_path(settings.warehouse_path)
-    target = dbt_project.project_dir / "target" / f"dbt_models-{context.run.run_id[:7]}-{uuid.uuid4().hex[:7]}"
-    if saved_parse.exists():  # dagster-dbt copies the project's own parse only where none is present yet
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(saved_parse, target / "partial_parse.msgpack")
+    # dagster-dbt gives the invocation its own target folder and copies the project's prepared parse into it.
     with _environment(window):  # the dbt subprocess copies the environment when it starts
-        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars)], context=context, target_path=target)
+        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
     # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
     events = list(invocation.stream())
-    _keep_partial_parse(target / "partial_parse.msgpack", saved_parse)
     with ingest.connect(settings) as con:
         for event in events:
             if isinstance(event, dg.Output):
@@ -111,26 +96,3 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _saved_parse_path(warehouse: Path) -> Path:
-    """Where the dbt parse of runs against ``warehouse`` is kept: one file per warehouse, since the profile
-    (the warehouse path) is part of what dbt checks before it reuses a parse."""
-    key = hashlib.sha256(str(Path(warehouse).resolve()).encode()).hexdigest()[:16]
-    return dbt_project.project_dir / "target" / "partial_parse" / f"{key}.msgpack"
-
-
-def _keep_partial_parse(source: Path, dest: Path) -> None:
-    """Make this run's parse the one the next run against the same warehouse starts from.
-
-    dagster-dbt gives every invocation its own target folder and dbt writes its parse only there, so
-    without this every run re-parses the whole project (~4 s). Replaced atomically: a concurrent run reads
-    the old or the new file, and dbt itself checks the file hashes before reusing anything in it.
-    """
-    if not source.exists():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".partial_parse.", suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
