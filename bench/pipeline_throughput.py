@@ -303,8 +303,8 @@ def fresh_run(home: Path) -> dict:
 
 
 def simulate(home: Path, scale: float, start: date, days: int) -> int:
+    from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     # 1× ≈ 5.2 million events in one day over 721 cells (requests, quotes, pings).
     config = CityConfig(

@@ -281,7 +281,7 @@ def measure(server: Server, raw: str, rate: float, seconds: float) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------------------
 def ensure_city(home: Path) -> None:
-    from pulse import registry
+    from pulse.lifecycle import registry
     from pulse.settings import PulseSettings
 
     settings = PulseSettings(home=home)

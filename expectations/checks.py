@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import Validation, load_suite_json, validate
-from pulse import ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data import ingest
+from pulse.data.contract import FEATURE_NAMES
 from pulse.settings import PulseSettings
 
 HISTORY_DAYS = 14  # trailing days that define the city's bounds and the usual null shares

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, SettingsConfigDict
 
-from pulse.features import BUCKET_MINUTES as BUCKET_MINUTES  # the grain belongs to the feature contract
+from pulse.data.contract import BUCKET_MINUTES as BUCKET_MINUTES  # the grain belongs to the feature contract
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "pulse-demand-forecast"
@@ -62,7 +62,7 @@ class PulseSettings(BaseSettings):
     )
     calibration_days: float = Field(default=2.0, gt=0, description="End of the training window that fits intervals.")
 
-    # Quality gates (expectations/) and drift (pulse/drift.py); see README "Quality gates and automation".
+    # Quality gates (expectations/) and drift (pulse/lifecycle/drift.py); see README "Quality gates and automation".
     max_quarantine_share: float = Field(default=0.01, description="Per table and day, above it the day is blocked.")
     null_rate_slack: float = Field(default=0.1, description="Allowed rise of a column's null share vs trailing days.")
     day_total_min_ratio: float = Field(default=0.4, description="Day's requests vs the trailing-weeks reference.")

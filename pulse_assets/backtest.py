@@ -15,14 +15,15 @@ from datetime import datetime
 import dagster as dg
 import numpy as np
 
-from pulse import ingest
+from pulse.stores import warehouse
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, single_run
 from pulse_assets.resources import PulseResource
 from pulse_assets.training import model_candidate
 
-backtest = lazy_module("pulse.backtest")
-registry = lazy_module("pulse.registry")
+backtest = lazy_module("pulse.lifecycle.backtest")
+evaluation = lazy_module("pulse.lifecycle.evaluation")
+registry = lazy_module("pulse.lifecycle.registry")
 
 
 def _markdown(scores) -> str:
@@ -53,13 +54,13 @@ def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     params = c.get_run(loaded.run_id).data.params
     start, end = (datetime.fromisoformat(params[k]) for k in ("holdout_start", "window_end"))
     train_start = datetime.fromisoformat(params["window_start"])
-    with ingest.connect(settings) as con:
-        result = backtest.forecast_window(con, settings, loaded.forecaster, start, end)
+    with warehouse.connect(settings) as con:
+        result = evaluation.forecast_window(con, settings, loaded.forecaster, start, end)
         frames = dict(result.frames)
-        truth = backtest.truth_frame(settings, frames[backtest.MODEL])
+        truth = backtest.truth_frame(settings, frames[evaluation.MODEL])
         if truth is not None:
-            frames[backtest.TRUTH] = truth
-        scores = backtest.score(frames, result.actuals)
+            frames[evaluation.TRUTH] = truth
+        scores = evaluation.score(frames, result.actuals)
 
     folder = settings.home / "backtests" / f"v{loaded.version}"
     out = folder / "backtest.parquet"
@@ -83,7 +84,7 @@ def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
 
     for path in [*paths.values(), out.with_suffix(".json"), folder / "evaluation.csv", folder / "backtest.png"]:
         c.log_artifact(loaded.run_id, str(path), artifact_path="backtest")
-    per = backtest.scores_by_forecaster(scores)
+    per = evaluation.scores_by_forecaster(scores)
     for name, by_h in per.items():
         for h, m in by_h.items():
             for metric, value in m.items():
@@ -98,16 +99,16 @@ def model_backtest(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "equivalent_command": command,
-        "rows": int(len(frames[backtest.MODEL])),
+        "rows": int(len(frames[evaluation.MODEL])),
         "active_cells": len(loaded.forecaster.cells),
         "evaluation": dg.MetadataValue.md(_markdown(scores)),
         "plot": dg.MetadataValue.md(f"![backtest](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "files": dg.MetadataValue.path(str(folder)),
     }
-    for h, m in per.get(backtest.MODEL, {}).items():
+    for h, m in per.get(evaluation.MODEL, {}).items():
         metadata[f"wape_model_{h}"] = m["wape"]
         for name in per:
-            if name != backtest.MODEL and h in per[name]:
+            if name != evaluation.MODEL and h in per[name]:
                 metadata[f"wape_{name}_{h}"] = per[name][h]["wape"]
         metadata[f"coverage_p10_p90_{h}"] = m["coverage_p10_p90"]
     for h, value in result.pit_coverage.items():

@@ -22,16 +22,17 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import markdown_table
-from pulse import drift, ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import drift
 from pulse.settings import PulseSettings
+from pulse.stores import warehouse
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.quality import drift_forecast_path
 from pulse_assets.resources import PulseResource
 
-registry = lazy_module("pulse.registry")
-training = lazy_module("pulse.training")
+registry = lazy_module("pulse.lifecycle.registry")
+lifecycle_rows = lazy_module("pulse.lifecycle.rows")
 
 REFERENCE_PREDICTION_ROWS = 20_000
 
@@ -76,7 +77,7 @@ def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     cells, service_types = champion.forecaster.cells, champion.forecaster.service_types
     t = drift.Thresholds.from_settings(settings)
     results, rows = [], 0
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in days:
             frame = drift.day_feature_rows(con, day, list(reference.features), cells, service_types)
             rows += len(frame)
@@ -168,13 +169,13 @@ def model_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     reference_means = _reference_means(settings, champion)
     t = drift.Thresholds.from_settings(settings)
     results, perf_rows = [], []
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in days:
             rows = day_rows(con, day, forecaster.cells, forecaster.service_types)
             if rows.empty:
                 results.append(drift.DayDrift(day, champion.version, note="no feature rows"))
                 continue
-            rows = training.attach_targets(con, rows, forecaster.horizons)
+            rows = lifecycle_rows.attach_targets(con, rows, forecaster.horizons)
             preds = forecaster.predict(rows)
             performance, day_means = [], {}
             for h in forecaster.horizons:

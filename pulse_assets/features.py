@@ -4,8 +4,9 @@ from datetime import timedelta
 
 import dagster as dg
 
-from pulse import feature_store, ingest
+from feature_repo import repository
 from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE
+from pulse.stores import feature_store, warehouse
 from pulse_assets.partitions import daily_partitions, partition_days, partition_window, single_run
 from pulse_assets.resources import PulseResource
 
@@ -22,7 +23,7 @@ def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     """One Parquet file per day of `fct_demand_features_15min`: the offline source of Feast's feature view."""
     settings = pulse.settings()
     rows = {}
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in partition_days(context):
             rows[day.isoformat()] = feature_store.export_day(con, settings, day)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "rows_per_day": rows})
@@ -38,7 +39,7 @@ def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
 )
 def feast_registry(pulse: PulseResource) -> dg.MaterializeResult:
     """`feast apply` of `feature_repo/`: entities, the source, the feature view and the feature service."""
-    names = feature_store.apply_repository(pulse.settings())
+    names = repository.apply_repository(pulse.settings())
     return dg.MaterializeResult(metadata={"objects": names, "feature_service": FEATURE_SERVICE})
 
 

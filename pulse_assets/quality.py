@@ -24,13 +24,14 @@ import pandas as pd
 
 from expectations import checks
 from expectations.runner import Validation
-from pulse import drift, ingest
+from pulse.lifecycle import drift
 from pulse.settings import PulseSettings
+from pulse.stores import warehouse
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import partition_days
 from pulse_assets.resources import PulseResource
 
-promotion = lazy_module("pulse.promotion")
+promotion = lazy_module("pulse.lifecycle.promotion")
 
 GX = "great_expectations"
 CANDIDATE = dg.AssetKey(["model", "candidate"])
@@ -81,7 +82,7 @@ def raw_events_check(table: str) -> dg.AssetChecksDefinition:
     )
     def _check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
         settings = pulse.settings()
-        with ingest.connect(settings) as con:
+        with warehouse.connect(settings) as con:
             return to_result(checks.raw_events(con, settings, table, _days(context)))
 
     return _check
@@ -103,7 +104,7 @@ raw_checks = [raw_events_check(t) for t in checks.RAW_TABLES]
 )
 def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
     settings = pulse.settings()
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         return to_result(checks.facts(con, settings, _days(context)))
 
 
@@ -119,7 +120,7 @@ def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) ->
 )
 def features_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource) -> dg.AssetCheckResult:
     settings = pulse.settings()
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         return to_result(checks.features(con, settings, _days(context)))
 
 
@@ -152,7 +153,7 @@ def training_set_check(context: dg.AssetCheckExecutionContext, pulse: PulseResou
             passed=False, metadata={"model_version": version}, description="the run logged no training sample"
         )
     _, params, _, _ = promotion.version_info(settings, version)
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells").fetchall()]
     validation = checks.training_set(
         sample,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pulse.ingest import CONTRACTS, landing_file
+from pulse.data.ingest import CONTRACTS, landing_file
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.fact_store import clickhouse_facts

@@ -3,15 +3,16 @@
 import dagster as dg
 import numpy as np
 
-from pulse import drift, ingest
+from pulse.lifecycle import drift
 from pulse.settings import MODEL_NAME
+from pulse.stores import warehouse
 from pulse_assets import quality
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource
 
-promotion = lazy_module("pulse.promotion")
-training = lazy_module("pulse.training")
+promotion = lazy_module("pulse.lifecycle.promotion")
+training = lazy_module("pulse.lifecycle.training")
 
 
 @dg.asset(
@@ -28,7 +29,7 @@ def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> 
     `pulse-demand-forecast` with alias `challenger`. A backfill trains once, on its newest day."""
     settings = pulse.settings()
     _, end = partition_window(context)
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         try:
             report = training.train_candidate(con, settings, end)
         except ValueError as err:  # too little history: fail loudly, downstream promotion must not run
@@ -58,7 +59,7 @@ def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> 
     backfill_policy=single_run,
 )
 def champion_model(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
-    """The challenger becomes `champion` only when every gate passes (`pulse/promotion.py`): the GX checks on
+    """The challenger becomes `champion` only when every gate passes (`pulse/lifecycle/promotion.py`): the GX checks on
     its inputs, WAPE no worse than the champion's on the same held-out rows (within
     `promotion_wape_tolerance`), better than the 4-week climatology, and no unresolved severe input drift on
     the days it adds. The decision and its reasons are tagged on the MLflow version either way."""
@@ -66,7 +67,7 @@ def champion_model(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     version, _ = quality.candidate_version(context.instance)
     days, new_days = promotion.window_days(settings, version)
     evidence = quality.check_evidence(context.instance, version, days, new_days)
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         unresolved = drift.unresolved_severe_input_drift(con, new_days)
     decision = promotion.decide(settings, version, evidence, unresolved)
     context.log.info(f"v{decision.version} {'promoted' if decision.promoted else 'refused'}: {decision.reasons}")

@@ -26,12 +26,12 @@ from datetime import datetime
 import h3
 import numpy as np
 
-from pulse import champion
-from pulse.climatology import Climatology
-from pulse.forecast_table import CellForecast, ForecastTable, build_table, reference_time
-from pulse.online_snapshot import FeatureSnapshot, read_online_features
-from pulse.registry import LoadedModel
+from pulse.forecasts.forecast_table import CellForecast, ForecastTable, build_table, reference_time
+from pulse.lifecycle import champion
+from pulse.lifecycle.registry import LoadedModel
+from pulse.model.climatology import Climatology
 from pulse.settings import PulseSettings
+from pulse.stores.online_snapshot import FeatureSnapshot, read_online_features
 from serving import background, schemas
 
 log = logging.getLogger("pulse.serving")

@@ -32,7 +32,7 @@ def tiny_city(tiny_home) -> Path:
     earlier fixture (test_end_to_end's `city`) already built it in this home. Returns PULSE_HOME."""
     from datetime import timedelta
 
-    from pulse import registry
+    from pulse.lifecycle import registry
     from pulse.settings import PulseSettings
 
     settings = PulseSettings()
@@ -40,7 +40,7 @@ def tiny_city(tiny_home) -> Path:
     if not (built and registry.alias_version(settings, registry.CHAMPION)):
         import dagster as dg
 
-        from pulse.simulator import CityConfig, simulate_city
+        from pulse.data.simulator import CityConfig, simulate_city
         from pulse_assets.definitions import defs
 
         simulate_city(settings, CityConfig(radius=2, days=TINY_DAYS, requests_per_day=8000, drivers={1: 30, 2: 10}))
@@ -141,8 +141,8 @@ def quality_city(tiny_home, tmp_path_factory) -> QualityCity:
     code location is imported with the end-to-end city's settings."""
     import dagster as dg
 
+    from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     home = tmp_path_factory.mktemp("quality_home")
     stash = tmp_path_factory.mktemp("quality_stash")
@@ -221,9 +221,9 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     import numpy as np
     import pandas as pd
 
-    from pulse.h3cells import cells_for_points
+    from pulse.data.simulator import CityConfig, simulate_city
+    from pulse.domain.cells import cells_for_points
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     home, scratch = tmp_path_factory.mktemp("trip_home"), tmp_path_factory.mktemp("trip_sim")
     sim = PulseSettings(home=scratch, service_types=(1,), start_date=TRIP_START)

@@ -12,9 +12,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from pulse import promotion, registry
-from pulse.features import FEATURE_NAMES
-from pulse.model import DemandForecaster
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import promotion, registry
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 CHAMPION_KEY = dg.AssetKey(["model", "champion"])
@@ -153,7 +153,7 @@ def test_landing_sensor_sees_a_corrected_day_whose_mtime_was_preserved(tmp_path,
     import shutil
     import time
 
-    from pulse.ingest import landing_file
+    from pulse.data.ingest import landing_file
     from pulse_assets.definitions import defs
     from pulse_assets.resources import PulseResource
 

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import drift, metrics, registry, training
-from pulse.features import FEATURE_NAMES, FEATURES
-from pulse.model import DemandForecaster
+from pulse.data.contract import FEATURE_NAMES, FEATURES
+from pulse.domain import metrics
+from pulse.lifecycle import drift, registry
+from pulse.lifecycle.rows import attach_targets
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.quality import drift_forecast_path
@@ -104,7 +106,7 @@ def active_rows(con, days: list[date]) -> pd.DataFrame:
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize("UTC")
     for name in FEATURE_NAMES:
         rows[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
-    return training.attach_targets(con, rows, HORIZONS)
+    return attach_targets(con, rows, HORIZONS)
 
 
 def register_champion(settings: PulseSettings, con, with_reference: bool = True) -> str:

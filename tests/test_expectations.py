@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from expectations import checks, runner
-from pulse import ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data import ingest
+from pulse.data.contract import FEATURE_NAMES
+from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import PulseSettings
-from pulse.simulator import CityConfig, simulate_city
 
 START = date(2026, 10, 26)
 

@@ -6,9 +6,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pulse import ingest
+from pulse.data import ingest
+from pulse.data.trips import import_trips
 from pulse.settings import CITY_FILE, PulseSettings
-from pulse.trips import import_trips
+from pulse.stores import warehouse
 
 LAT, LNG = 40.73, -73.99
 CSV = """when,lat,lon,product
@@ -131,7 +132,7 @@ def test_reimport_is_deterministic_and_the_city_settings_follow(settings, trip_f
 def test_imported_days_pass_ingest_untouched(settings, trip_files):
     report = _import(settings, trip_files)
     city = PulseSettings(home=settings.home)
-    with ingest.connect(city) as con:
+    with warehouse.connect(city) as con:
         for day in report.days:
             r = ingest.ingest_partition(con, city, "ride_requests", day)
             assert r.read == r.accepted and r.quarantined == 0, r.reasons

@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from ops import services
+from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import MODEL_NAME, PROJECT_ROOT, PulseSettings
-from pulse.simulator import CityConfig, simulate_city
 from tests.conftest import TINY_START
 
 DAYS = 4
@@ -125,7 +125,7 @@ def test_api_reads_redis_and_the_tracking_server(production_city):
 
 def test_rerun_leaves_same_redis_keys_and_clickhouse_rows(production_city):
     settings, servers, instance, resources = production_city
-    from pulse import fact_store
+    from pulse.stores import fact_store
 
     def clickhouse_rows():
         with fact_store.connect(settings) as ch:

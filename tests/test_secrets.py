@@ -100,8 +100,9 @@ def basic_passwords(seen: list[dict]) -> set[str]:
 
 
 def test_connections_receive_the_real_passwords(isolated, recorder, monkeypatch):
-    from pulse import fact_store, registry
-    from pulse.feature_store import open_store
+    from pulse.lifecycle import registry
+    from pulse.stores import fact_store
+    from pulse.stores.feature_store import open_store
 
     port, seen = recorder
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

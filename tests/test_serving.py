@@ -417,8 +417,8 @@ def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells
 
 
 def test_aged_features_for_a_cell_are_stale(home, cells):
-    from pulse.feature_store import open_store
-    from pulse.features import FEATURE_VIEW
+    from pulse.data.contract import FEATURE_VIEW
+    from pulse.stores.feature_store import open_store
 
     victim = cells[4]
     newest = newest_feature_ts(home)
@@ -522,7 +522,7 @@ def register_wider_champion(settings: PulseSettings) -> str:
     so a forecast's numbers tell which version computed it."""
     import mlflow
 
-    from pulse import registry
+    from pulse.lifecycle import registry
 
     forecaster = registry.load_alias(settings).forecaster
     forecaster.dispersion = {h: 4 * a + 0.5 for h, a in forecaster.dispersion.items()}

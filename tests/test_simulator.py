@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pulse.h3cells import cells_for_points, disk, is_valid_cell, neighbours
+from pulse.data.simulator import CityConfig, _City, simulate_city
+from pulse.domain.cells import cells_for_points, disk, is_valid_cell, neighbours
 from pulse.settings import PulseSettings
-from pulse.simulator import CityConfig, _City, simulate_city
 
 TINY = dict(radius=2, days=3, requests_per_day=3000.0, drivers={1: 16, 2: 4})
 START = PulseSettings().start_date

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from pulse.forecast_table import parse_horizons
-from pulse.forecasting import BadRequest, check_cell
+from pulse.forecasts.forecast_table import parse_horizons
+from pulse.model.forecasting import BadRequest, check_cell
 from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.schemas import BatchRequest, BatchResponse, Forecast

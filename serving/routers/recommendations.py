@@ -1,4 +1,4 @@
-"""/v1/recommendations: repositioning moves for idle drivers in a cell (logic in pulse.repositioning)."""
+"""/v1/recommendations: repositioning moves for idle drivers in a cell (logic in pulse.forecasts.repositioning)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from pulse.forecasting import BadRequest, check_cell
-from pulse.repositioning import plan_moves
+from pulse.forecasts.repositioning import plan_moves
+from pulse.model.forecasting import BadRequest, check_cell
 from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.routers.forecast import ERRORS

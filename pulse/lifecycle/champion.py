@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pulse.model import DemandForecaster
-from pulse.registry import CHAMPION, LoadedModel
+from pulse.lifecycle.registry import CHAMPION, LoadedModel
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 CACHE_FILE = "champion.json"
@@ -58,7 +58,7 @@ def configure_client(settings: PulseSettings) -> Callable[[], None]:
 
 def champion_version(settings: PulseSettings) -> str:
     """The version behind ``@champion``; raises when the registry cannot say (unreachable, no alias)."""
-    from pulse.registry import client
+    from pulse.lifecycle.registry import client
 
     return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
 
@@ -81,7 +81,7 @@ def load_champion(settings: PulseSettings) -> tuple[LoadedModel, ModelInfo]:
 
 
 def _from_registry(settings: PulseSettings) -> tuple[LoadedModel, ModelInfo]:
-    from pulse.registry import client, load_alias
+    from pulse.lifecycle.registry import client, load_alias
 
     model = load_alias(settings, CHAMPION)
     run = client(settings).get_run(model.run_id)

@@ -1,15 +1,16 @@
 """Train a candidate on a trailing window of point-in-time features and register it in MLflow.
 
-The training rows are (active cell, service type, origin) triples. Their features come from the Feast
-feature service only (point-in-time: the newest row with feature_ts ≤ origin); their targets are the
-realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
+The training rows are (active cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
+come from the Feast feature service only (point-in-time: the newest row with feature_ts ≤ origin); their
+targets are the realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
 
 The window [start, end) is cut in three, in time order:
 
 * fit:         origins whose every target lies before the calibration start: the boosters learn here;
 * calibration: the next ``calibration_days``: the dispersion of the predictive distribution is fitted here;
-* holdout:     the last ``holdout_days``: a backtest (``pulse.backtest``) of the finished model and of the
-  baselines on every active cell and origin, the figures promotion compares.
+* holdout:     the last ``holdout_days``: the finished model and the baselines forecast every active cell and
+  origin and are scored there (``pulse.lifecycle.evaluation``, the code of a backtest), the figures promotion
+  compares.
 
 Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
 are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
@@ -30,11 +31,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import drift, registry
-from pulse.feature_store import historical_features
-from pulse.features import FEATURE_NAMES
-from pulse.model import WEIGHT_COLUMN, DemandForecaster, target_bucket
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import drift, evaluation, registry
+from pulse.lifecycle.rows import attach_targets, entity_rows
+from pulse.model.forecaster import WEIGHT_COLUMN, DemandForecaster
 from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE, PulseSettings
+from pulse.stores.feature_store import historical_features
 
 BUCKET = timedelta(minutes=BUCKET_MINUTES)
 DAY = timedelta(days=1)
@@ -109,39 +111,6 @@ def active_cells(
     total = float(per_cell["n"].sum())
     share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
     return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
-
-
-def entity_rows(
-    con: duckdb.DuckDBPyConnection, settings: PulseSettings, ts: pd.DatetimeIndex, cells: list[str] | None = None
-) -> pd.DataFrame:
-    """Every (cell, service type, origin): ``cells`` or, by default, every cell of dim_cells."""
-    if cells is None:
-        cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
-    grid = pd.MultiIndex.from_product(
-        [cells, list(settings.service_types), ts], names=["hex_id", "service_type", "event_timestamp"]
-    )
-    df = grid.to_frame(index=False)
-    df["service_type"] = df["service_type"].astype("int64")
-    return df
-
-
-def attach_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
-    """Add ``target_<h>``: requests in [origin + h − 15 min, origin + h); NaN where not yet observed."""
-    keys = rows[["hex_id", "service_type", "event_timestamp"]].copy()
-    keys["_i"] = np.arange(len(keys))
-    keys["event_timestamp"] = keys["event_timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
-    out = rows.copy()
-    for h in horizons:
-        k = target_bucket(h)
-        got = con.execute(
-            f"""SELECT k._i, f.requests FROM keys k JOIN main.fct_demand_15min f
-                ON f.hex_id = k.hex_id AND f.service_type = k.service_type
-               AND f.bucket_start = k.event_timestamp + INTERVAL {(k - 1) * BUCKET_MINUTES} MINUTE"""
-        ).df()
-        target = np.full(len(rows), np.nan)
-        target[got["_i"].to_numpy()] = got["requests"].to_numpy(float)
-        out[f"target_{h}"] = target
-    return out
 
 
 def series_levels(
@@ -230,8 +199,6 @@ def train_candidate(
 ) -> TrainingReport:
     """Train on [window_end − train_days, holdout start), backtest on the holdout, log to MLflow, register a
     version and tag it challenger."""
-    from pulse import backtest  # backtest builds on this module
-
     horizons = list(settings.horizons)
     first_day = datetime.combine(settings.start_date, datetime.min.time())
     end = min(window_end, data_end(con))
@@ -242,9 +209,9 @@ def train_candidate(
     holdout_start = end - min(timedelta(days=settings.holdout_days), span / 3)
     fit = fit_forecaster(con, settings, start, holdout_start, num_rounds=num_rounds)
     forecaster = fit.forecaster
-    result = backtest.forecast_window(con, settings, forecaster, holdout_start, end)
+    result = evaluation.forecast_window(con, settings, forecaster, holdout_start, end)
     holdout = result.features
-    scores = backtest.score(result.frames, result.actuals)
+    scores = evaluation.score(result.frames, result.actuals)
     if holdout.empty:
         raise ValueError(f"window {start}..{end} leaves no holdout rows")
 
@@ -252,8 +219,8 @@ def train_candidate(
         "", "", start, end, holdout_start, len(fit.train), len(holdout), calibration_start=fit.calibration_start
     )
     report.cells, report.cells_seen, report.demand_share = len(forecaster.cells), fit.cells_seen, fit.demand_share
-    report.backtest = backtest.scores_by_forecaster(scores)
-    report.baseline_name = backtest.reference_baseline(scores)
+    report.backtest = evaluation.scores_by_forecaster(scores)
+    report.baseline_name = evaluation.reference_baseline(scores)
     for h in horizons:
         report.holdout[h] = dict(report.backtest["model"][h])
         report.holdout[h]["pit_coverage_p10_p90"] = result.pit_coverage.get(h, float("nan"))

@@ -9,7 +9,7 @@ The challenger (alias ``challenger``, moved by training) becomes ``champion`` on
    on the same rows, per horizon, within ``promotion_wape_tolerance``.
 3. ``better_than_climatology``: its WAPE beats the 4-week time-of-week climatology on the same rows: the
    figures `model/backtest` logs on the run (``backtest_model_wape_h``, ``backtest_climatology_4w_wape_h``),
-   else computed here on its held-out rows with the same ``climatology_4w`` baseline (``pulse.climatology``
+   else computed here on its held-out rows with the same ``climatology_4w`` baseline (``pulse.model.climatology``
    defines it; the serving fallback forecasts the same means). A city younger
    than the climatology's first week compares with the baseline training recorded (seasonal naive or last
    value).
@@ -33,8 +33,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import baselines, drift, metrics, registry
-from pulse.model import DemandForecaster
+from pulse.domain import metrics
+from pulse.lifecycle import drift, registry
+from pulse.model import baselines
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 

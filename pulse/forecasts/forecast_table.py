@@ -22,12 +22,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pulse import explain
-from pulse.climatology import Climatology, bucket_floor
-from pulse.forecasting import BadRequest, target_start
-from pulse.model import DemandForecaster, count_quantiles, design_matrix
+from pulse.domain import explain
+from pulse.domain.surge import surge_multipliers
+from pulse.model.climatology import Climatology, bucket_floor
+from pulse.model.forecaster import DemandForecaster, count_quantiles, design_matrix
+from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings
-from pulse.surge import surge_multipliers
 
 Source = Literal["model", "climatology"]
 log = logging.getLogger("pulse.forecast")

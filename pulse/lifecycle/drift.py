@@ -32,10 +32,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pulse import metrics
-from pulse.features import FEATURES
-from pulse.ingest import transaction
+from pulse.data.contract import FEATURES
+from pulse.domain import metrics
 from pulse.settings import PulseSettings
+from pulse.stores.warehouse import transaction
 
 Severity = Literal["none", "moderate", "severe"]
 SEVERITY_ORDER: dict[str, int] = {"none": 0, "moderate": 1, "severe": 2}

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pulse.h3cells import cells_for_points, neighbours
+from pulse.domain.cells import cells_for_points, neighbours
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
 DAY_S = 86_400

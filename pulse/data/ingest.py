@@ -7,9 +7,7 @@ are inserted, in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,8 +16,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pulse.h3cells import cell_ints_for_points, neighbours
+from pulse.domain.cells import cell_ints_for_points, neighbours
 from pulse.settings import PulseSettings
+from pulse.stores.warehouse import transaction
 
 
 class MissingColumnsError(ValueError):
@@ -145,25 +144,6 @@ class IngestResult:
 
 def landing_file(settings: PulseSettings, table: str, day: date) -> Path:
     return settings.landing_dir / table / f"date={day.isoformat()}" / "part-0.parquet"
-
-
-def connect(settings: PulseSettings) -> duckdb.DuckDBPyConnection:
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(settings.warehouse_path))
-    con.execute("SET TimeZone = 'UTC'")
-    return con
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Everything inside commits together or not at all: a partition is never half replaced."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:

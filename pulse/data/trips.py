@@ -36,9 +36,9 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from pulse.h3cells import cells_for_points
+from pulse.data.simulator import SCHEMAS
+from pulse.domain.cells import cells_for_points
 from pulse.settings import CITY_FILE, PulseSettings
-from pulse.simulator import SCHEMAS
 
 REQUEST_COLUMNS = [f.name for f in SCHEMAS["ride_requests"]]
 
