@@ -78,7 +78,7 @@ def landing_days(settings: PulseSettings) -> list[date]:
 
 @app.command()
 def simulate(
-    days: Annotated[int, typer.Option(help="Days to simulate from PULSE_START_DATE.")] = 28,
+    days: Annotated[int, typer.Option(help="Days to simulate from PULSE_CITY__START_DATE.")] = 28,
     radius: Annotated[int, typer.Option(help="H3 grid-disk radius of the city (10 → 331 cells).")] = 10,
     requests_per_day: Annotated[float, typer.Option(help="City-wide mean requests per day.")] = 45_000.0,
     seed: Annotated[int, typer.Option()] = 7,
@@ -178,7 +178,7 @@ def up(
         ),
         subprocess.Popen([str(bin_dir / "pulse"), "serve", "--port", str(api_port)], cwd=PROJECT_ROOT),
     ]
-    st = settings.service_types[0]
+    st = settings.city.service_types[0]
     typer.echo(
         f"\n  Dagster UI   http://127.0.0.1:{ui_port}\n  Forecast API http://127.0.0.1:{api_port}/docs\n"
         f"  Try: curl 'http://127.0.0.1:{api_port}/v1/forecast?hex_id={cell}&service_type={st}&horizons=30,60,90'\n"

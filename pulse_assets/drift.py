@@ -60,7 +60,7 @@ def _summary_metadata(results: list[drift.DayDrift], champion: str | None, note:
 )
 def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Per day: PSI of every model feature (KS for continuous ones, and the rise of its null share) against the
-    reference distribution stored with the champion's training run. Severe when ≥ `drift_severe_min_features`
+    reference distribution stored with the champion's training run. Severe when ≥ `drift.severe_min_features`
     features are severely drifted or a feature lost its values; severe drift blocks promotion until resolved
     (`pulse model resolve-drift DAY`) and requests retraining at once."""
     settings = pulse.settings()
@@ -135,7 +135,7 @@ def _reference_means(settings: PulseSettings, champion) -> dict[int, np.ndarray]
     if holdout is None or holdout.empty:
         return {}
     if len(holdout) > REFERENCE_PREDICTION_ROWS:
-        holdout = holdout.sample(n=REFERENCE_PREDICTION_ROWS, random_state=settings.seed)
+        holdout = holdout.sample(n=REFERENCE_PREDICTION_ROWS, random_state=settings.training.seed)
     preds = forecaster.predict(holdout)
     return {h: preds.loc[preds["horizon_min"] == h, "mean"].to_numpy(float) for h in forecaster.horizons}
 

@@ -21,8 +21,8 @@ dbt_project = DbtProject(project_dir=PROJECT_ROOT / "dbt_project", profiles_dir=
 class PulseResource(dg.ConfigurableResource):
     """Settings of the city this code location serves.
 
-    The production servers' addresses and credentials (PULSE_REDIS_URL, PULSE_MLFLOW_TRACKING_URI,
-    PULSE_CLICKHOUSE_DSN) are not resource config: ``settings()`` reads them from the run's environment as
+    The production servers' addresses and credentials (PULSE_SERVERS__REDIS_URL, PULSE_SERVERS__MLFLOW_TRACKING_URI,
+    PULSE_SERVERS__CLICKHOUSE_DSN) are not resource config: ``settings()`` reads them from the run's environment as
     secrets, so they are never in run config, the UI, or a resource or settings printed in a run's log."""
 
     home: str

@@ -136,7 +136,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
         if key not in partitions:
             outside.append(key)
             continue
-        if now - landed["landed_at"] < settings.landing_settle_seconds:
+        if now - landed["landed_at"] < settings.promotion.landing_settle_seconds:
             waiting.append(key)
             continue
         loaded = _loaded_at(context.instance, day)
@@ -163,7 +163,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
         return requests
     reasons = []
     if waiting:
-        reasons.append(f"waiting for {waiting} to settle ({settings.landing_settle_seconds:.0f}s)")
+        reasons.append(f"waiting for {waiting} to settle ({settings.promotion.landing_settle_seconds:.0f}s)")
     if outside:
         reasons.append(f"{outside} outside the day partitions")
     return dg.SkipReason("; ".join(reasons) or "no new landing day")
@@ -225,7 +225,7 @@ def retrain_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
         save()
         return dg.SkipReason("no new partition to retrain on")
     drifted = sorted(d for d, trigger in pending.items() if trigger == "drift")
-    wait = settings.retrain_cooldown_minutes * 60 - (time.time() - last_request)
+    wait = settings.promotion.retrain_cooldown_minutes * 60 - (time.time() - last_request)
     if not drifted and wait > 0:
         save()
         return dg.SkipReason(f"cooldown: {wait:.0f}s before retraining on {sorted(pending)}")

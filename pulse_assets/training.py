@@ -61,7 +61,7 @@ def model_candidate(context: dg.AssetExecutionContext, pulse: PulseResource) -> 
 def champion_model(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """The challenger becomes `champion` only when every gate passes (`pulse/lifecycle/promotion.py`): the GX checks on
     its inputs, WAPE no worse than the champion's on the same held-out rows (within
-    `promotion_wape_tolerance`), better than the 4-week climatology, and no unresolved severe input drift on
+    `promotion.wape_tolerance`), better than the 4-week climatology, and no unresolved severe input drift on
     the days it adds. The decision and its reasons are tagged on the MLflow version either way."""
     settings = pulse.settings()
     version, _ = quality.candidate_version(context.instance)

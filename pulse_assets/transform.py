@@ -48,9 +48,9 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     # Only what stays the same from run to run goes in --vars: changed --vars make dbt re-parse the whole
     # project (~4 s). The window goes through the environment, read by macros/window.sql when executing.
     dbt_vars = {
-        "service_types": list(settings.service_types),
-        "min_cell_requests": settings.min_cell_requests,
-        "timezone": settings.timezone,  # weekly/daily lookbacks follow the city's clock
+        "service_types": list(settings.city.service_types),
+        "min_cell_requests": settings.city.min_cell_requests,
+        "timezone": settings.city.timezone,  # weekly/daily lookbacks follow the city's clock
     }
     os.environ["PULSE_WAREHOUSE"] = str(settings.warehouse_path)  # read by dbt_project/profiles.yml
     window = {"PULSE_DBT_WINDOW_START": start.isoformat(sep=" "), "PULSE_DBT_WINDOW_END": end.isoformat(sep=" ")}

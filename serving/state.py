@@ -214,7 +214,9 @@ class ServingState:
 
     def _load_climatology(self) -> Climatology:
         try:
-            return Climatology.from_parquet(self.settings.feast_offline_dir / "demand_features", self.settings.timezone)
+            return Climatology.from_parquet(
+                self.settings.feast_offline_dir / "demand_features", self.settings.city.timezone
+            )
         except Exception as err:  # a broken export must not keep the server from starting
             log.error("climatology unavailable: %s", self.settings.redact(str(err)))
             return Climatology()
@@ -239,7 +241,7 @@ class ServingState:
                 self.store_failing_since = time.monotonic()
             self.store_error = f"online store unreachable: {self.describe(err)}"
             down_for = time.monotonic() - (self.store_failing_since or 0.0)
-            return None if down_for >= self.settings.store_grace_seconds else current
+            return None if down_for >= self.settings.serving.store_grace_seconds else current
         if self.store_error is not None:
             log.info("online store readable again")
         self.store_error, self.store_failing_since = None, None
@@ -339,7 +341,7 @@ class ServingState:
             if features is None:
                 reasons.append(f"{self.store_error}; every cell gets the climatology fallback")
             else:
-                grace = self.settings.store_grace_seconds
+                grace = self.settings.serving.store_grace_seconds
                 reasons.append(f"{self.store_error}; the last snapshot serves for up to {grace:g} s")
         elif features is None:
             reasons.append("online features not read yet")

@@ -17,7 +17,7 @@ TINY_START = date(2026, 10, 26)
 def tiny_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("pulse_home")
     os.environ["PULSE_HOME"] = str(home)
-    os.environ["PULSE_START_DATE"] = TINY_START.isoformat()
+    os.environ["PULSE_CITY__START_DATE"] = TINY_START.isoformat()
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     (home / "dagster").mkdir()
     return home
@@ -56,10 +56,10 @@ def tiny_city(tiny_home) -> Path:
 # Quality gates, automation and fault injection (issue 4) ------------------------------------------------------
 QUALITY_DAYS = 5  # loaded by the fixture; three more days wait in the stash
 QUALITY_ENV = {
-    "PULSE_MAX_TRAINING_ROWS": "3000",  # keeps each retrain to seconds on a shared 2-core machine
-    "PULSE_HOLDOUT_DAYS": "1",
-    "PULSE_LANDING_SETTLE_SECONDS": "0",
-    "PULSE_RETRAIN_COOLDOWN_MINUTES": "60",
+    "PULSE_TRAINING__MAX_TRAINING_ROWS": "3000",  # keeps each retrain to seconds on a shared 2-core machine
+    "PULSE_TRAINING__HOLDOUT_DAYS": "1",
+    "PULSE_PROMOTION__LANDING_SETTLE_SECONDS": "0",
+    "PULSE_PROMOTION__RETRAIN_COOLDOWN_MINUTES": "60",
 }
 LANDING_TABLES = ("ride_requests", "driver_pings", "price_quotes", "weather", "events")
 
@@ -226,7 +226,7 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     from pulse.settings import PulseSettings
 
     home, scratch = tmp_path_factory.mktemp("trip_home"), tmp_path_factory.mktemp("trip_sim")
-    sim = PulseSettings(home=scratch, service_types=(1,), start_date=TRIP_START)
+    sim = PulseSettings(home=scratch, city={"service_types": (1,), "start_date": TRIP_START})
     simulate_city(sim, CityConfig(radius=1, days=TRIP_DAYS, requests_per_day=4000, drivers={1: 20}))
     requests = pd.concat(pd.read_parquet(p) for p in sorted((sim.landing_dir / "ride_requests").glob("*/*.parquet")))
     cells = pd.Series(cells_for_points(requests["pickup_lat"].to_numpy(), requests["pickup_lng"].to_numpy(), 8))
@@ -247,7 +247,7 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     (home / "landing" / "truth").mkdir(parents=True)
     shutil.copyfile(sim.truth_path, home / "landing" / "truth" / "expected_demand.parquet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), PULSE_MAX_TRAINING_ROWS="20000")
+    env.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), PULSE_TRAINING__MAX_TRAINING_ROWS="20000")
     run_pulse(
         env,
         "import-trips",

@@ -157,7 +157,7 @@ def test_landing_sensor_sees_a_corrected_day_whose_mtime_was_preserved(tmp_path,
     from pulse_assets.definitions import defs
     from pulse_assets.resources import PulseResource
 
-    monkeypatch.setenv("PULSE_LANDING_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("PULSE_PROMOTION__LANDING_SETTLE_SECONDS", "0")
     settings = PulseSettings(home=tmp_path / "home")
     day = date(2026, 11, 1)
     path = landing_file(settings, "ride_requests", day)

@@ -40,7 +40,7 @@ FALL_BACK = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
 
 def _settings(home: Path) -> PulseSettings:
-    return PulseSettings(home=home, timezone=TZ, horizons=HORIZONS, service_types=(1,))
+    return PulseSettings(home=home, city={"timezone": TZ, "horizons": HORIZONS, "service_types": (1,)})
 
 
 def _local(ts: pd.Series) -> pd.Series:
@@ -168,9 +168,9 @@ def dbt_city(tmp_path_factory) -> PulseSettings:
     dbt_vars = {
         "start": f"{FIRST_DAY:%Y-%m-%d %H:%M:%S}",
         "end": f"{END_DAY:%Y-%m-%d %H:%M:%S}",
-        "service_types": list(settings.service_types),
-        "min_cell_requests": settings.min_cell_requests,
-        "timezone": settings.timezone,
+        "service_types": list(settings.city.service_types),
+        "min_cell_requests": settings.city.min_cell_requests,
+        "timezone": settings.city.timezone,
     }
     args = ["build", "--select", "+fct_demand_features_15min", "--exclude-resource-type", "unit_test"]
     args += ["--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR), "--vars", json.dumps(dbt_vars)]
@@ -196,7 +196,7 @@ def _dbt_vs_python(settings: PulseSettings) -> pd.DataFrame:
         rows["k"] = rows["column"].str.rsplit("_", n=1).str[1].astype(int)
         rows["target_start"] = rows["bucket_start"] + pd.to_timedelta(rows["k"] * 15, unit="min")
         con.register("targets", rows[["hex_id", "service_type", "target_start"]].drop_duplicates())
-        py = con.execute(climatology_sql("main.fct_demand_15min", "targets", settings.timezone)).df()
+        py = con.execute(climatology_sql("main.fct_demand_15min", "targets", settings.city.timezone)).df()
     out = rows.merge(py, on=["hex_id", "service_type", "target_start"], how="left", validate="many_to_one")
     row_local = _local(out["bucket_start"]).dt.tz_localize(None)
     target_local = _local(out["target_start"]).dt.tz_localize(None)

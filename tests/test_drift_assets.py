@@ -180,13 +180,13 @@ def dead_server() -> str:
 def test_an_unreachable_tracking_server_fails_drift_instead_of_passing_it(city, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    dead = PulseSettings(home=city.home, mlflow_tracking_uri=dead_server())
+    dead = PulseSettings(home=city.home, servers={"mlflow_tracking_uri": dead_server()})
     run_id = registry.load_alias(city).run_id
     with pytest.raises(drift.ArtifactUnavailable, match=f"cannot read quality/drift_reference.json of run {run_id}"):
         drift.load_reference(dead, run_id)
     # The asset fails (and promotion, downstream of it, does not run): no "no champion", no "no reference".
     # A run reads the server addresses from its environment (they are secrets, never resource config).
-    monkeypatch.setenv("PULSE_MLFLOW_TRACKING_URI", dead.tracking_uri)
+    monkeypatch.setenv("PULSE_SERVERS__MLFLOW_TRACKING_URI", dead.tracking_uri)
     with pytest.raises(Exception, match="127.0.0.1"):
         run_asset(input_drift, city)
     with pytest.raises(Exception, match="127.0.0.1"):

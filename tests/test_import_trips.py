@@ -44,7 +44,7 @@ EXPECTED_REASONS = {
 
 @pytest.fixture
 def settings(tmp_path) -> PulseSettings:
-    return PulseSettings(home=tmp_path / "city", lat_min=40, lat_max=41.5, lng_min=-75, lng_max=-73)
+    return PulseSettings(home=tmp_path / "city", city={"lat_min": 40, "lat_max": 41.5, "lng_min": -75, "lng_max": -73})
 
 
 @pytest.fixture
@@ -125,8 +125,8 @@ def test_reimport_is_deterministic_and_the_city_settings_follow(settings, trip_f
 
     assert (settings.home / CITY_FILE).exists()
     city = PulseSettings(home=settings.home)  # what every later `pulse` command of this home sees
-    assert (city.city, city.h3_resolution, city.service_types) == ("messy", 7, (1, 2))
-    assert (city.start_date, city.timezone) == (date(2026, 10, 26), "America/New_York")
+    assert (city.city.name, city.city.h3_resolution, city.city.service_types) == ("messy", 7, (1, 2))
+    assert (city.city.start_date, city.city.timezone) == (date(2026, 10, 26), "America/New_York")
 
 
 def test_imported_days_pass_ingest_untouched(settings, trip_files):

@@ -36,7 +36,7 @@ def messy_requests() -> pd.DataFrame:
 
 @pytest.fixture
 def settings(tmp_path) -> PulseSettings:
-    return PulseSettings(home=tmp_path, lat_min=40, lat_max=41.5, lng_min=-75, lng_max=-73)
+    return PulseSettings(home=tmp_path, city={"lat_min": 40, "lat_max": 41.5, "lng_min": -75, "lng_max": -73})
 
 
 def test_every_row_is_accepted_or_quarantined_with_a_reason(settings):

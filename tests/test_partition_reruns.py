@@ -105,7 +105,7 @@ def built(tiny_home, tmp_path_factory) -> dict:
 
     backfill, daily = tmp_path_factory.mktemp("backfill_home"), tmp_path_factory.mktemp("daily_home")
     config = CityConfig(radius=1, days=DAYS, requests_per_day=1500, drivers={1: 8, 2: 3}, ping_seconds=600)
-    simulate_city(PulseSettings(home=backfill, start_date=TINY_START), config)
+    simulate_city(PulseSettings(home=backfill, city={"start_date": TINY_START}), config)
     late_cell, venue = _plant_late_arrivals(backfill)
     shutil.copytree(backfill / "landing", daily / "landing")
 

@@ -184,13 +184,13 @@ def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
         )
         rules.append(
             (
-                f"{lat} NOT BETWEEN {settings.lat_min} AND {settings.lat_max} "
-                f"OR {lng} NOT BETWEEN {settings.lng_min} AND {settings.lng_max}",
+                f"{lat} NOT BETWEEN {settings.city.lat_min} AND {settings.city.lat_max} "
+                f"OR {lng} NOT BETWEEN {settings.city.lng_min} AND {settings.city.lng_max}",
                 "coordinates outside city bounds",
             )
         )
     if c.has_service_type:
-        known = ", ".join(str(s) for s in settings.service_types)
+        known = ", ".join(str(s) for s in settings.city.service_types)
         rules.append((f"service_type NOT IN ({known})", "unknown service type"))
     for col, values in c.enums:
         allowed = ", ".join(f"'{v}'" for v in values)
@@ -260,7 +260,7 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         ).fetchnumpy()
         lat, lng = (np.asarray(points[col], dtype=np.float64) for col in ("lat", "lng"))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            cells = pool.submit(cell_ints_for_points, lat, lng, settings.h3_resolution)
+            cells = pool.submit(cell_ints_for_points, lat, lng, settings.city.h3_resolution)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {checked}")
             hexes = pa.table({"_row": np.asarray(points["_row"], dtype=np.int64), "_cell": cells.result()})
     else:

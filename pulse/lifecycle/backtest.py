@@ -55,8 +55,8 @@ def run_backtest(
     num_rounds: int | None = None,
 ) -> BacktestRun:
     """Train on [start − train_days, start) (clipped to the city's first day), then forecast [start, end)."""
-    first_day = datetime.combine(settings.start_date, datetime.min.time())
-    train_start = max(start - timedelta(days=train_days or settings.train_days), first_day)
+    first_day = datetime.combine(settings.city.start_date, datetime.min.time())
+    train_start = max(start - timedelta(days=train_days or settings.training.train_days), first_day)
     t0 = time.perf_counter()
     fit = training.fit_forecaster(con, settings, train_start, start, num_rounds=num_rounds)
     t1 = time.perf_counter()
@@ -101,7 +101,7 @@ def run_info(run: BacktestRun, settings: PulseSettings, command: str = "") -> di
         "active_cells": len(fc.cells),
         "cells_with_requests": run.fit.cells_seen,
         "active_cell_demand_share": run.fit.demand_share,
-        "min_cell_daily_requests": settings.min_cell_daily_requests,
+        "min_cell_daily_requests": settings.training.min_cell_daily_requests,
         "service_types": fc.service_types,
         "horizons": fc.horizons,
         "num_rounds": fc.num_rounds,

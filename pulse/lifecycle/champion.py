@@ -43,7 +43,7 @@ def configure_client(settings: PulseSettings) -> Callable[[], None]:
     function that puts the environment back (a server stopping inside a longer-lived process, e.g. tests)."""
     wanted = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.registry_timeout_seconds),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.serving.registry_timeout_seconds),
     }
     added = [k for k in wanted if k not in os.environ]
     for k in added:

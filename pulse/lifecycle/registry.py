@@ -42,7 +42,7 @@ def experiment_id(settings: PulseSettings) -> str:
         return exp.experiment_id
     # Locally, artifacts live under PULSE_HOME, not in an ./mlruns of whatever the working directory is;
     # a tracking server stores them where it was told to (--artifacts-destination).
-    location = None if settings.mlflow_tracking_uri else Path(settings.artifact_root).as_uri()
+    location = None if settings.servers.mlflow_tracking_uri else Path(settings.artifact_root).as_uri()
     return c.create_experiment(EXPERIMENT, artifact_location=location)
 
 

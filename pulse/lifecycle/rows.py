@@ -21,7 +21,7 @@ def entity_rows(
     if cells is None:
         cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
     grid = pd.MultiIndex.from_product(
-        [cells, list(settings.service_types), ts], names=["hex_id", "service_type", "event_timestamp"]
+        [cells, list(settings.city.service_types), ts], names=["hex_id", "service_type", "event_timestamp"]
     )
     df = grid.to_frame(index=False)
     df["service_type"] = df["service_type"].astype("int64")

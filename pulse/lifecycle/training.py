@@ -107,7 +107,7 @@ def active_cells(
            GROUP BY 1 HAVING sum(f.requests) > 0 ORDER BY 1""",
         [start, end],
     ).df()
-    keep = per_cell["n"] >= settings.min_cell_daily_requests * days
+    keep = per_cell["n"] >= settings.training.min_cell_daily_requests * days
     total = float(per_cell["n"].sum())
     share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
     return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
@@ -152,25 +152,28 @@ def fit_forecaster(
 ) -> FitResult:
     """Train a forecaster on data in [start, end) only: active cells and levels from that window, boosters on
     origins whose targets end before the calibration start, dispersion on the calibration stretch after."""
-    horizons = list(settings.horizons)
+    horizons = list(settings.city.horizons)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data in {start}..{end}: need at least one day to train")
-    calibration_start = end - min(timedelta(days=settings.calibration_days), span / 4)
+    calibration_start = end - min(timedelta(days=settings.training.calibration_days), span / 4)
     cells, seen, share = active_cells(con, settings, start, end)
     if not cells:
         raise ValueError(
-            f"no active cell in {start}..{end}: no cell averaged {settings.min_cell_daily_requests} requests a day "
-            f"(PULSE_MIN_CELL_DAILY_REQUESTS)"
+            f"no active cell in {start}..{end}: no cell averaged {settings.training.min_cell_daily_requests} "
+            f"requests a day (PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS)"
         )
     last_h = timedelta(minutes=max(horizons))
     fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
     calib_rows = entity_rows(con, settings, origins(calibration_start - BUCKET, end - last_h), cells)
     fit_rows = sample_rows(
-        fit_rows, series_levels(con, cells, start, calibration_start), settings.max_training_rows, settings.seed
+        fit_rows,
+        series_levels(con, cells, start, calibration_start),
+        settings.training.max_training_rows,
+        settings.training.seed,
     )
     if len(calib_rows) > MAX_CALIBRATION_ROWS:
-        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.seed)
+        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.training.seed)
     calib_rows = calib_rows.assign(**{WEIGHT_COLUMN: 1.0})
     # One point-in-time retrieval for both parts: Feast's fixed cost is paid once.
     frame = historical_features(settings, pd.concat([fit_rows, calib_rows], ignore_index=True))
@@ -179,10 +182,10 @@ def fit_forecaster(
     train, calibration = frame[~is_calib].reset_index(drop=True), frame[is_calib].reset_index(drop=True)
     if train.empty or calibration.empty:
         raise ValueError(f"window {start}..{end} leaves no training or no calibration rows")
-    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.service_types))
+    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.city.service_types))
     if num_rounds is not None:
         forecaster.num_rounds = num_rounds
-    forecaster.fit(train, calibration, seed=settings.seed)
+    forecaster.fit(train, calibration, seed=settings.training.seed)
     return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share)
 
 
@@ -199,14 +202,14 @@ def train_candidate(
 ) -> TrainingReport:
     """Train on [window_end − train_days, holdout start), backtest on the holdout, log to MLflow, register a
     version and tag it challenger."""
-    horizons = list(settings.horizons)
-    first_day = datetime.combine(settings.start_date, datetime.min.time())
+    horizons = list(settings.city.horizons)
+    first_day = datetime.combine(settings.city.start_date, datetime.min.time())
     end = min(window_end, data_end(con))
-    start = max(end - timedelta(days=settings.train_days), first_day)
+    start = max(end - timedelta(days=settings.training.train_days), first_day)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data before {window_end}: need at least one day to train")
-    holdout_start = end - min(timedelta(days=settings.holdout_days), span / 3)
+    holdout_start = end - min(timedelta(days=settings.training.holdout_days), span / 3)
     fit = fit_forecaster(con, settings, start, holdout_start, num_rounds=num_rounds)
     forecaster = fit.forecaster
     result = evaluation.forecast_window(con, settings, forecaster, holdout_start, end)
@@ -246,11 +249,11 @@ def train_candidate(
                 "train_rows": len(fit.train),
                 "calibration_rows": len(fit.calibration),
                 "holdout_rows": len(holdout),
-                "h3_resolution": settings.h3_resolution,
-                "timezone": settings.timezone,
+                "h3_resolution": settings.city.h3_resolution,
+                "timezone": settings.city.timezone,
                 "active_cells": len(forecaster.cells),
                 "cells_with_requests": fit.cells_seen,
-                "min_cell_daily_requests": settings.min_cell_daily_requests,
+                "min_cell_daily_requests": settings.training.min_cell_daily_requests,
                 "baseline": report.baseline_name,
             }
         )
@@ -266,8 +269,8 @@ def train_candidate(
                     )
         mlflow.log_dict({"features": forecaster.feature_names, "source_features": FEATURE_NAMES}, "features.json")
         # drift reference + samples for quality gates
-        drift.log_reference(_reference_frame(fit, settings.seed), holdout, seed=settings.seed)
-        mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city})
+        drift.log_reference(_reference_frame(fit, settings.training.seed), holdout, seed=settings.training.seed)
+        mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city.name})
         report.run_id = run.info.run_id
         report.version = registry.log_forecaster(forecaster, run.info.run_id)
     registry.set_alias(settings, registry.CHALLENGER, report.version)

@@ -1,7 +1,7 @@
 """The 4-week time-of-week climatology: one definition for training, backtests, promotion and the serving fallback.
 
 Definition. The climatology of a target bucket (cell, service type, bucket start T) is the mean demand of the
-buckets starting at the same local time of week as T, on the city's clock (``PulseSettings.timezone``), 1, 2,
+buckets starting at the same local time of week as T, on the city's clock (``PulseSettings.city.timezone``), 1, 2,
 3 and 4 weeks earlier, over the buckets present. It exists once the bucket one week earlier is present (a
 city younger than a week has none). Where the clock fell back, a local time of week occurs twice that day and
 both its buckets count; where it sprang forward, the skipped local hour has no bucket.

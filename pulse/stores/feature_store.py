@@ -43,8 +43,8 @@ def open_store(settings: PulseSettings) -> FeatureStore:
     (registry, SQLite online store) resolve against."""
     from feast import FeatureStore
 
-    if settings.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
-        os.environ["FEAST_REDIS_CONNECTION"] = settings.redis_url.get_secret_value()
+    if settings.servers.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
+        os.environ["FEAST_REDIS_CONNECTION"] = settings.servers.redis_url.get_secret_value()
     folder = settings.home / "feast"
     folder.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(folder), fs_yaml_file=Path(feature_store_yaml(settings)))
