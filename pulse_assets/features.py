@@ -4,11 +4,14 @@ from datetime import timedelta
 
 import dagster as dg
 
-from feature_repo import repository
 from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE
 from pulse.stores import feature_store, warehouse
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, partition_window, single_run
 from pulse_assets.resources import PulseResource
+
+# The Feast repository's objects import Feast (seconds): only the asset that applies them pays for it.
+repository = lazy_module("feature_repo.repository")
 
 
 @dg.asset(
