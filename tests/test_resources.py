@@ -25,13 +25,13 @@ def city(monkeypatch, tmp_path) -> PulseSettings:
 
 
 def test_a_threshold_set_on_the_resource_reaches_settings(city):
-    pulse = PulseResource(
+    resource = PulseResource(
         home=str(city.home),
         quality={"null_rate_slack": 0.3},
         promotion={"wape_tolerance": 0.05},
         training={"train_days": 4},
     )
-    settings = pulse.settings()
+    settings = resource.settings()
     assert settings.quality.null_rate_slack == 0.3 and settings.promotion.wape_tolerance == 0.05
     assert settings.training.train_days == 4
     # unset fields are the city's: its environment, else the defaults
@@ -41,12 +41,12 @@ def test_a_threshold_set_on_the_resource_reaches_settings(city):
 
 
 def test_the_launchpad_defaults_are_the_citys_settings_and_a_run_can_change_them(city):
-    pulse = resources_for(city)["pulse"]
-    assert pulse.drift.min_rows == 123 and pulse.promotion.wape_tolerance == 0.02  # shown in the launchpad
-    assert set(type(pulse.training).model_fields) == {"train_days", "holdout_days", "min_cell_daily_requests"}
-    defaults = pulse.get_resource_definition().config_schema.as_field().default_value
+    resource = resources_for(city)["pulse"]
+    assert resource.drift.min_rows == 123 and resource.promotion.wape_tolerance == 0.02  # shown in the launchpad
+    assert set(type(resource.training).model_fields) == {"train_days", "holdout_days", "min_cell_daily_requests"}
+    defaults = resource.get_resource_definition().config_schema.as_field().default_value
     assert defaults["drift"]["min_rows"] == 123 and defaults["quality"]["day_total_max_ratio"] == 2.5
-    shown = str(defaults) + repr(pulse) + str(pulse.model_dump())
+    shown = str(defaults) + repr(resource) + str(resource.model_dump())
     assert "s3cret" not in shown and "redis" not in shown and "api_keys" not in shown
 
     seen = {}
@@ -58,9 +58,9 @@ def test_the_launchpad_defaults_are_the_citys_settings_and_a_run_can_change_them
 
     config = {**defaults, "drift": {**defaults["drift"], "min_rows": 7}}  # what the launchpad sends after an edit
     run_config = {"resources": {"pulse": {"config": config}}}
-    assert dg.materialize([reads_settings], resources={"pulse": pulse}, run_config=run_config).success
+    assert dg.materialize([reads_settings], resources={"pulse": resource}, run_config=run_config).success
     assert seen == {"min_rows": 7, "tolerance": 0.02}
-    assert dg.materialize([reads_settings], resources={"pulse": pulse}).success  # no run config: the city's
+    assert dg.materialize([reads_settings], resources={"pulse": resource}).success  # no run config: the city's
     assert seen == {"min_rows": 123, "tolerance": 0.02}
 
 
