@@ -4,7 +4,6 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from feature_repo import repository
 from pulse.data.contract import FEATURE_VIEW, FEATURES, TIMESTAMP_FIELD
 from pulse.settings import PulseSettings
 from pulse.stores import feature_store
@@ -21,6 +20,10 @@ def export(settings: PulseSettings, requests: int) -> datetime:
 
 
 def test_each_city_registers_and_reads_its_own_export(tmp_path, monkeypatch):
+    # Imported here, not at collection: importing Feast (feast.metrics) sets PROMETHEUS_MULTIPROC_DIR, and a
+    # prometheus_client imported after that shares every counter of a name across the process's API apps.
+    from feature_repo import repository
+
     cities = {requests: PulseSettings(home=tmp_path / f"city{requests}") for requests in (3, 7)}
     for requests, settings in cities.items():
         monkeypatch.setenv("PULSE_HOME", str(settings.home))  # as a process serving this city would have it
