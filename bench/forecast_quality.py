@@ -142,8 +142,9 @@ ABLATIONS = {
 def ablations(settings, start: datetime, end: datetime, full_wape: dict[int, float]) -> list[dict]:
     import duckdb
 
-    from pulse import backtest, feature_store, training
-    from pulse.features import FEATURE_NAMES
+    from pulse.data.contract import FEATURE_NAMES
+    from pulse.lifecycle import backtest, evaluation, training
+    from pulse.stores import feature_store
 
     original = feature_store.historical_features
     out = []
@@ -155,7 +156,7 @@ def ablations(settings, start: datetime, end: datetime, full_wape: dict[int, flo
             frame[_blank] = np.nan
             return frame
 
-        training.historical_features = backtest.historical_features = blanked
+        training.historical_features = evaluation.historical_features = blanked
         floor = training.SAMPLING_FLOOR
         if change.get("uniform"):
             training.SAMPLING_FLOOR = 1e12
@@ -164,9 +165,9 @@ def ablations(settings, start: datetime, end: datetime, full_wape: dict[int, flo
             with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
                 con.execute("SET TimeZone = 'UTC'")
                 run = backtest.run_backtest(con, settings, start, end)
-                scores = backtest.score(run.forecasts.frames, run.forecasts.actuals)
+                scores = evaluation.score(run.forecasts.frames, run.forecasts.actuals)
         finally:
-            training.historical_features = backtest.historical_features = original
+            training.historical_features = evaluation.historical_features = original
             training.SAMPLING_FLOOR = floor
         w = scores[scores.forecaster == "model"].set_index("horizon_min")["wape"]
         row = {"variant": label, "seconds": round(time.perf_counter() - t0)}
@@ -181,8 +182,9 @@ def calibrations(settings, start: datetime, end: datetime) -> dict:
     """Interval choices on one trained model: NB per level (used), one NB α per horizon, plain Poisson."""
     import duckdb
 
-    from pulse import backtest, metrics
-    from pulse.model import count_quantiles, randomized_pit
+    from pulse.domain import metrics
+    from pulse.lifecycle import backtest, evaluation
+    from pulse.model.forecaster import count_quantiles, randomized_pit
 
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -204,7 +206,7 @@ def calibrations(settings, start: datetime, end: datetime) -> dict:
                 "coverage_p10_p90": metrics.coverage(y, p10, p90),
                 "wape_p50": metrics.wape(y, p50),
                 "quantile_loss": float(
-                    np.mean([backtest.pinball(y, p, q) for p, q in ((p10, 0.1), (p50, 0.5), (p90, 0.9))])
+                    np.mean([evaluation.pinball(y, p, q) for p, q in ((p10, 0.1), (p50, 0.5), (p90, 0.9))])
                 ),
             }
         out.setdefault("mean_as_p50", {})[h] = {"wape_p50": metrics.wape(y, mu)}
@@ -244,7 +246,7 @@ def main() -> None:
     os.environ.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     import duckdb
 
-    from pulse import backtest
+    from pulse.lifecycle import backtest
     from pulse.settings import PulseSettings
 
     settings = PulseSettings(home=home)

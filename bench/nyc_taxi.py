@@ -43,7 +43,7 @@ CENTRE = h3.cell_to_latlng(h3.latlng_to_cell(40.758, -73.9855, 6))
 FIRST_UTC_DAY, END_UTC_DAY = "2014-07-02", "2015-02-01"
 # The blizzard's travel ban (2015-01-27) cut the day to a quarter of a normal Tuesday: the day-volume gate (issue 4)
 # rightly blocks such a day; this sanity check lets it through to see how the forecasts cope.
-GATE_ENV = {"PULSE_DAY_TOTAL_MIN_RATIO": "0.2"}
+GATE_ENV = {"PULSE_QUALITY__DAY_TOTAL_MIN_RATIO": "0.2"}
 
 
 def pulse(env: dict[str, str], *args: str) -> str:

@@ -303,8 +303,8 @@ def fresh_run(home: Path) -> dict:
 
 
 def simulate(home: Path, scale: float, start: date, days: int) -> int:
+    from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     # 1× ≈ 5.2 million events in one day over 721 cells (requests, quotes, pings).
     config = CityConfig(
@@ -314,7 +314,7 @@ def simulate(home: Path, scale: float, start: date, days: int) -> int:
         drivers={1: max(1, int(500 * scale * UNIT)), 2: max(1, int(120 * scale * UNIT))},
         ping_seconds=30,
     )
-    summary = simulate_city(PulseSettings(home=home, start_date=HISTORY_START), config, start=start)
+    summary = simulate_city(PulseSettings(home=home, city={"start_date": HISTORY_START}), config, start=start)
     return sum(n for t, n in summary.rows.items() if t in ("ride_requests", "driver_pings", "price_quotes"))
 
 
@@ -395,7 +395,7 @@ def main() -> None:
     args = parser.parse_args()
     global UNIT
     UNIT = args.unit
-    os.environ["PULSE_START_DATE"] = HISTORY_START.isoformat()
+    os.environ["PULSE_CITY__START_DATE"] = HISTORY_START.isoformat()
     if args.partition_run_child:
         partition_run_child(Path(args.partition_run_child))
         return

@@ -39,8 +39,8 @@ def _feast_app(with_model: bool) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from pulse.champion import load_cached
-        from pulse.feature_store import open_store
+        from pulse.lifecycle.champion import load_cached
+        from pulse.stores.feature_store import open_store
 
         store = open_store(settings)
         holder["store"], holder["service"] = store, store.get_feature_service(FEATURE_SERVICE)
@@ -52,7 +52,7 @@ def _feast_app(with_model: bool) -> FastAPI:
 
     @app.get("/v1/forecast")
     def forecast(hex_id: str = Query(), service_type: int = Query()) -> dict:
-        from pulse.online_snapshot import to_frame
+        from pulse.stores.online_snapshot import to_frame
 
         data = (
             holder["store"]
@@ -63,7 +63,7 @@ def _feast_app(with_model: bool) -> FastAPI:
         )
         if not with_model:
             return {k: v[0] for k, v in data.items()}
-        from pulse.forecasting import forecast_cell
+        from pulse.model.forecasting import forecast_cell
 
         frame = to_frame([(hex_id, service_type)], data)
         origin = frame["feature_ts"].iloc[0].to_pydatetime()

@@ -17,7 +17,7 @@ separate process (asyncio on raw keep-alive HTTP/1.1 connections) so client and 
 * batch and heatmap: sequential requests on one connection, p50/p99.
 
 Pulse runs twice: as configured (a repeated query string is answered by ``serving.fastpath`` before routing)
-and with ``PULSE_FORECAST_FAST_PATH=false`` (every request routed and validated by FastAPI, what a query
+and with ``PULSE_SERVING__FORECAST_FAST_PATH=false`` (every request routed and validated by FastAPI, what a query
 new to the current view costs).
 
 The data is the demo city under PULSE_HOME (default ./.pulse): `pulse simulate --if-missing` and
@@ -281,7 +281,7 @@ def measure(server: Server, raw: str, rate: float, seconds: float) -> dict:
 
 # -- the run ---------------------------------------------------------------------------------------------
 def ensure_city(home: Path) -> None:
-    from pulse import registry
+    from pulse.lifecycle import registry
     from pulse.settings import PulseSettings
 
     settings = PulseSettings(home=home)
@@ -297,7 +297,7 @@ def ensure_city(home: Path) -> None:
 
 def run(home: Path, rate: float, seconds: float) -> dict:
     ensure_city(home)
-    env = {"PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "PULSE_API_KEYS": KEY}
+    env = {"PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"), "PULSE_SERVING__API_KEYS": KEY}
     results: dict = {"home": str(home), "rate": rate, "seconds": seconds}
     results["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["load_average"] = os.getloadavg()[0]
@@ -348,7 +348,7 @@ def run(home: Path, rate: float, seconds: float) -> dict:
         pulse.stop()
 
     print("pulse API, fast path off ...", flush=True)
-    routed = Server("serving.app:create_app", {**env, "PULSE_FORECAST_FAST_PATH": "false"})
+    routed = Server("serving.app:create_app", {**env, "PULSE_SERVING__FORECAST_FAST_PATH": "false"})
     try:
         results["pulse_routed_mix"] = measure_mix(routed, mix_file.name, rate, seconds, cold=False)
         results["pulse_routed"] = measure(routed, get_request(path), rate, seconds)

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import Validation, load_suite_json, validate
-from pulse import ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data import ingest
+from pulse.data.contract import FEATURE_NAMES
 from pulse.settings import PulseSettings
 
 HISTORY_DAYS = 14  # trailing days that define the city's bounds and the usual null shares
@@ -51,8 +51,8 @@ def city_bounds(con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: 
     least 0.05°), inside the settings' bounds. Median and MAD stay in the city while up to half the points
     are elsewhere (swapped coordinates), so a run's own faulty day cannot widen the bounds that judge it;
     ±10 MAD holds 99.98% of Chicago's 2021 Divvy pickups."""
-    bounds = {"lat_min": settings.lat_min, "lat_max": settings.lat_max}
-    bounds |= {"lng_min": settings.lng_min, "lng_max": settings.lng_max}
+    bounds = {"lat_min": settings.city.lat_min, "lat_max": settings.city.lat_max}
+    bounds |= {"lng_min": settings.city.lng_min, "lng_max": settings.city.lng_max}
     row = con.execute(
         """SELECT median(pickup_lat), mad(pickup_lat), median(pickup_lng), mad(pickup_lng)
            FROM raw.ride_requests WHERE event_date >= ? AND event_date < ?""",
@@ -91,7 +91,7 @@ def null_floors(
         [start, end],
     ).fetchone()
     return {
-        f"min_non_null_{col}": max(0.0, share - settings.null_rate_slack) if share is not None else 0.0
+        f"min_non_null_{col}": max(0.0, share - settings.quality.null_rate_slack) if share is not None else 0.0
         for col, share in zip(c.optional, row, strict=True)
     }
 
@@ -151,7 +151,7 @@ def raw_events(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: s
     missing = summary[summary["rows_read"] == 0]["day"].tolist()
     if missing:
         notes.append(f"{table} landing file missing or empty for {missing}")
-    outcomes = [validate("ingest_summary", summary, {"max_quarantine_share": settings.max_quarantine_share})]
+    outcomes = [validate("ingest_summary", summary, {"max_quarantine_share": settings.quality.max_quarantine_share})]
     start, end, basis = reference_days(con, days)
     parameters: dict[str, Any] = {
         **city_bounds(con, settings, start, end),
@@ -183,7 +183,7 @@ def expected_grid_rows(con: duckdb.DuckDBPyConnection, settings: PulseSettings, 
            FROM request_days d JOIN main.dim_cells c ON c.active_from <= d.event_date""",
         [list(days)],
     ).fetchone()
-    return cell_days * len(settings.service_types) * 96, cells
+    return cell_days * len(settings.city.service_types) * 96, cells
 
 
 def day_totals(con: duckdb.DuckDBPyConnection, days: list[date], table: str = "fct_demand_15min") -> pd.DataFrame:
@@ -237,7 +237,7 @@ def facts(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[da
     parameters = {
         "grid_rows": grid_rows,
         "cells": cells,
-        "service_types": list(settings.service_types),
+        "service_types": list(settings.city.service_types),
         "window_start": pd.Timestamp(start),
         "window_end": pd.Timestamp(end),
     }
@@ -246,7 +246,7 @@ def facts(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[da
     day_outcome = validate(
         "fct_demand_15min_days",
         totals,
-        {"min_ratio": settings.day_total_min_ratio, "max_ratio": settings.day_total_max_ratio},
+        {"min_ratio": settings.quality.day_total_min_ratio, "max_ratio": settings.quality.day_total_max_ratio},
     )
     notes = [
         f"{r.day}: {r.requests:.0f} requests vs {r.reference:.0f} ({r.reference_basis})" for r in totals.itertuples()
@@ -268,7 +268,7 @@ def features(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list
     parameters = {
         "columns": ["hex_id", "service_type", "bucket_start", "feature_ts", *FEATURE_NAMES],
         "grid_rows": grid_rows,
-        "service_types": list(settings.service_types),
+        "service_types": list(settings.city.service_types),
         "window_start": pd.Timestamp(start),
         "window_end": pd.Timestamp(end),
     }
@@ -277,7 +277,7 @@ def features(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list
     day_outcome = validate(
         "fct_demand_15min_days",
         totals,
-        {"min_ratio": settings.day_total_min_ratio, "max_ratio": settings.day_total_max_ratio},
+        {"min_ratio": settings.quality.day_total_min_ratio, "max_ratio": settings.quality.day_total_max_ratio},
     )
     return Validation([rows, day_outcome], _keys(days))
 
@@ -289,8 +289,8 @@ def training_set(
     """Suites ``training_set`` (the candidate's sampled training rows) and ``training_targets`` (their targets)."""
     parameters = {
         "columns": ["hex_id", "service_type", "event_timestamp", *FEATURE_NAMES],
-        "min_rows": min(100, settings.max_training_rows),
-        "service_types": list(settings.service_types),
+        "min_rows": min(100, settings.training.max_training_rows),
+        "service_types": list(settings.city.service_types),
         "cells": cells,
         "window_start": pd.Timestamp(window_start, tz="UTC") if window_start.tzinfo is None else window_start,
         "window_end": pd.Timestamp(window_end, tz="UTC") if window_end.tzinfo is None else window_end,
@@ -300,11 +300,11 @@ def training_set(
     targets = [c for c in sample.columns if c.startswith("target_")]
     long = sample[targets].melt(var_name="horizon_min", value_name="target")
     long["horizon_min"] = long["horizon_min"].str.removeprefix("target_").astype(int)
-    outcomes.append(validate("training_targets", long, {"horizons": list(settings.horizons)}))
+    outcomes.append(validate("training_targets", long, {"horizons": list(settings.city.horizons)}))
     return Validation(outcomes, [], [f"{len(sample)} sampled training rows"])
 
 
 def forecasts(frame: pd.DataFrame, settings: PulseSettings, partitions: list[str], what: str) -> Validation:
     """Suite ``forecasts`` over forecast rows (horizon_min, mean, p10, p50, p90)."""
-    outcome = validate("forecasts", frame, {"horizons": list(settings.horizons)})
+    outcome = validate("forecasts", frame, {"horizons": list(settings.city.horizons)})
     return Validation([outcome], partitions, [f"{len(frame)} forecasts: {what}"])

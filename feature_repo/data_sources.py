@@ -9,7 +9,7 @@ from pathlib import Path
 from feast import FileSource
 from feast.data_format import ParquetFormat
 
-from pulse.features import TIMESTAMP_FIELD
+from pulse.data.contract import TIMESTAMP_FIELD
 
 
 def demand_features_source(offline_dir: Path) -> FileSource:

@@ -6,7 +6,7 @@ from feast import FeatureView, Field, FileSource
 from feast.types import Float64, Int64
 
 from feature_repo.entities import cell, service_type
-from pulse.features import FEATURE_VIEW, FEATURES
+from pulse.data.contract import FEATURE_VIEW, FEATURES
 
 
 def cell_service_demand_15min(source: FileSource) -> FeatureView:

@@ -179,8 +179,8 @@ def main(argv: list[str]) -> int:
         _pids_file(home).write_text(json.dumps(pids))
         print(
             "services up. For the production profile:\n"
-            f"  export PULSE_PROFILE=production PULSE_REDIS_URL=127.0.0.1:{ports['redis']}\n"
-            f"  export PULSE_MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}\n"
+            f"  export PULSE_PROFILE=production PULSE_SERVERS__REDIS_URL=127.0.0.1:{ports['redis']}\n"
+            f"  export PULSE_SERVERS__MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}\n"
             f"  export PULSE_PG_HOST=127.0.0.1 PULSE_PG_PORT={ports['postgres']} PULSE_PG_USER={PG_USER} "
             "PULSE_PG_PASSWORD= PULSE_PG_DAGSTER_DB=dagster"
         )

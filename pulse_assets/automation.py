@@ -64,4 +64,4 @@ def retrain(cooldown_minutes: float) -> dg.AutomationCondition:
     )
 
 
-RETRAIN = retrain(PulseSettings().retrain_cooldown_minutes)
+RETRAIN = retrain(PulseSettings().promotion.retrain_cooldown_minutes)

@@ -14,15 +14,16 @@ import json
 import dagster as dg
 import numpy as np
 
-from pulse import ingest
+from pulse.stores import warehouse
 from pulse_assets.automation import FOLLOW
 from pulse_assets.lazy import lazy_module
 from pulse_assets.resources import PulseResource
 from pulse_assets.training import Candidate
 
-backtest = lazy_module("pulse.backtest")
-promotion = lazy_module("pulse.promotion")
-registry = lazy_module("pulse.registry")
+backtest = lazy_module("pulse.lifecycle.backtest")
+evaluation = lazy_module("pulse.lifecycle.evaluation")
+promotion = lazy_module("pulse.lifecycle.promotion")
+registry = lazy_module("pulse.lifecycle.registry")
 
 
 def _markdown(scores) -> str:
@@ -52,13 +53,13 @@ def model_backtest(
     forecaster = promotion.load_version(settings, candidate.version)
     c = registry.client(settings)
     start, end, train_start = candidate.holdout_start, candidate.window_end, candidate.window_start
-    with ingest.connect(settings) as con:
-        result = backtest.forecast_window(con, settings, forecaster, start, end)
+    with warehouse.connect(settings) as con:
+        result = evaluation.forecast_window(con, settings, forecaster, start, end)
         frames = dict(result.frames)
-        truth = backtest.truth_frame(settings, frames[backtest.MODEL])
+        truth = backtest.truth_frame(settings, frames[evaluation.MODEL])
         if truth is not None:
-            frames[backtest.TRUTH] = truth
-        scores = backtest.score(frames, result.actuals)
+            frames[evaluation.TRUTH] = truth
+        scores = evaluation.score(frames, result.actuals)
 
     folder = settings.home / "backtests" / f"v{candidate.version}"
     out = folder / "backtest.parquet"
@@ -82,7 +83,7 @@ def model_backtest(
 
     for path in [*paths.values(), out.with_suffix(".json"), folder / "evaluation.csv", folder / "backtest.png"]:
         c.log_artifact(candidate.run_id, str(path), artifact_path="backtest")
-    per = backtest.scores_by_forecaster(scores)
+    per = evaluation.scores_by_forecaster(scores)
     for name, by_h in per.items():
         for h, m in by_h.items():
             for metric, value in m.items():
@@ -97,16 +98,16 @@ def model_backtest(
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "equivalent_command": command,
-        "rows": int(len(frames[backtest.MODEL])),
+        "rows": int(len(frames[evaluation.MODEL])),
         "active_cells": len(forecaster.cells),
         "evaluation": dg.MetadataValue.md(_markdown(scores)),
         "plot": dg.MetadataValue.md(f"![backtest](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "files": dg.MetadataValue.path(str(folder)),
     }
-    for h, m in per.get(backtest.MODEL, {}).items():
+    for h, m in per.get(evaluation.MODEL, {}).items():
         metadata[f"wape_model_{h}"] = m["wape"]
         for name in per:
-            if name != backtest.MODEL and h in per[name]:
+            if name != evaluation.MODEL and h in per[name]:
                 metadata[f"wape_{name}_{h}"] = per[name][h]["wape"]
         metadata[f"coverage_p10_p90_{h}"] = m["coverage_p10_p90"]
     for h, value in result.pit_coverage.items():

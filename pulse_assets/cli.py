@@ -78,14 +78,14 @@ def landing_days(settings: PulseSettings) -> list[date]:
 
 @app.command()
 def simulate(
-    days: Annotated[int, typer.Option(help="Days to simulate from PULSE_START_DATE.")] = 28,
+    days: Annotated[int, typer.Option(help="Days to simulate from PULSE_CITY__START_DATE.")] = 28,
     radius: Annotated[int, typer.Option(help="H3 grid-disk radius of the city (10 → 331 cells).")] = 10,
     requests_per_day: Annotated[float, typer.Option(help="City-wide mean requests per day.")] = 45_000.0,
     seed: Annotated[int, typer.Option()] = 7,
     if_missing: Annotated[bool, typer.Option(help="Do nothing when the landing zone already has data.")] = False,
 ) -> None:
     """Simulate a city into the landing zone (daily Parquet partitions plus the true expected demand)."""
-    from pulse.simulator import CityConfig, simulate_city
+    from pulse.data.simulator import CityConfig, simulate_city
 
     settings = _settings()
     if if_missing and landing_days(settings):
@@ -179,7 +179,7 @@ def up(
         ),
         subprocess.Popen([str(bin_dir / "pulse"), "serve", "--port", str(api_port)], cwd=PROJECT_ROOT),
     ]
-    st = settings.service_types[0]
+    st = settings.city.service_types[0]
     typer.echo(
         f"\n  Dagster UI   http://127.0.0.1:{ui_port}\n  Forecast API http://127.0.0.1:{api_port}/docs\n"
         f"  Try: curl 'http://127.0.0.1:{api_port}/v1/forecast?hex_id={cell}&service_type={st}&horizons=30,60,90'\n"
@@ -227,7 +227,7 @@ def import_trips(
     city: Annotated[str | None, typer.Option(help="The city's name.")] = None,
 ) -> None:
     """Import trip logs (pickup time and point) as ride_requests day partitions of the landing zone."""
-    from pulse.trips import import_trips as run_import
+    from pulse.data.trips import import_trips as run_import
 
     settings = _settings()
     if service_type_col and service_type is not None:
@@ -266,7 +266,7 @@ def backtest(
     """Rolling-origin backtest: train on data before --start, forecast every 15-minute origin in the range."""
     import duckdb
 
-    from pulse import backtest as bt
+    from pulse.lifecycle import backtest as bt
 
     settings = _settings()
     t0 = time.perf_counter()
@@ -307,7 +307,7 @@ def evaluate(file: Annotated[Path, typer.Argument(help="Backtest file written by
     and, on a simulated city, the true expected demand; all on the same rows."""
     import duckdb
 
-    from pulse import backtest as bt
+    from pulse.lifecycle import backtest as bt
 
     settings = _settings()
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
@@ -333,7 +333,7 @@ app.add_typer(model_app, name="model")
 @model_app.command("status")
 def model_status(limit: Annotated[int, typer.Option(help="Newest versions to show.")] = 10) -> None:
     """Champion, challenger and the recorded promotion decision of the newest versions."""
-    from pulse import promotion
+    from pulse.lifecycle import promotion
 
     for row in promotion.status(_settings(), limit):
         typer.echo(
@@ -347,7 +347,7 @@ def model_rollback(
     to: Annotated[str | None, typer.Option(help="Version to make champion; default: the one it replaced.")] = None,
 ) -> None:
     """Move alias `champion` back to the version the current champion replaced (or to --to)."""
-    from pulse import promotion
+    from pulse.lifecycle import promotion
 
     try:
         old, new = promotion.rollback(_settings(), to)
@@ -363,9 +363,10 @@ def model_resolve_drift(
     note: Annotated[str, typer.Option(help="Why the drift is acceptable.")] = "reviewed",
 ) -> None:
     """Mark a day's severe input drift as reviewed, so it no longer blocks promotion."""
-    from pulse import drift, ingest
+    from pulse.lifecycle import drift
+    from pulse.stores import warehouse
 
-    with ingest.connect(_settings()) as con:
+    with warehouse.connect(_settings()) as con:
         drift.resolve(con, date.fromisoformat(day), note)
     typer.echo(f"drift of {day} resolved: {note}")
 

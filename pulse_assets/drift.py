@@ -22,17 +22,18 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import markdown_table
-from pulse import drift, ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import drift
 from pulse.settings import PulseSettings
+from pulse.stores import warehouse
 from pulse_assets.automation import DAY
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.quality import drift_forecast_path
 from pulse_assets.resources import PulseResource
 
-registry = lazy_module("pulse.registry")
-training = lazy_module("pulse.training")
+registry = lazy_module("pulse.lifecycle.registry")
+lifecycle_rows = lazy_module("pulse.lifecycle.rows")
 
 REFERENCE_PREDICTION_ROWS = 20_000
 
@@ -61,7 +62,7 @@ def _summary_metadata(results: list[drift.DayDrift], champion: str | None, note:
 )
 def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Per day: PSI of every model feature (KS for continuous ones, and the rise of its null share) against the
-    reference distribution stored with the champion's training run. Severe when ≥ `drift_severe_min_features`
+    reference distribution stored with the champion's training run. Severe when ≥ `drift.severe_min_features`
     features are severely drifted or a feature lost its values; severe drift blocks promotion until resolved
     (`pulse model resolve-drift DAY`)."""
     settings = pulse.settings()
@@ -78,7 +79,7 @@ def input_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     cells, service_types = champion.forecaster.cells, champion.forecaster.service_types
     t = drift.Thresholds.from_settings(settings)
     results, rows = [], 0
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in days:
             frame = drift.day_feature_rows(con, day, list(reference.features), cells, service_types)
             rows += len(frame)
@@ -136,7 +137,7 @@ def _reference_means(settings: PulseSettings, champion) -> dict[int, np.ndarray]
     if holdout is None or holdout.empty:
         return {}
     if len(holdout) > REFERENCE_PREDICTION_ROWS:
-        holdout = holdout.sample(n=REFERENCE_PREDICTION_ROWS, random_state=settings.seed)
+        holdout = holdout.sample(n=REFERENCE_PREDICTION_ROWS, random_state=settings.training.seed)
     preds = forecaster.predict(holdout)
     return {h: preds.loc[preds["horizon_min"] == h, "mean"].to_numpy(float) for h in forecaster.horizons}
 
@@ -171,13 +172,13 @@ def model_drift(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.M
     reference_means = _reference_means(settings, champion)
     t = drift.Thresholds.from_settings(settings)
     results, perf_rows = [], []
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in days:
             rows = day_rows(con, day, forecaster.cells, forecaster.service_types)
             if rows.empty:
                 results.append(drift.DayDrift(day, champion.version, note="no feature rows"))
                 continue
-            rows = training.attach_targets(con, rows, forecaster.horizons)
+            rows = lifecycle_rows.attach_targets(con, rows, forecaster.horizons)
             preds = forecaster.predict(rows)
             performance, day_means = [], {}
             for h in forecaster.horizons:

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from pulse import fact_store, ingest
+from pulse.stores import fact_store, warehouse
 from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
@@ -22,7 +22,7 @@ def clickhouse_facts(context: dg.AssetExecutionContext, pulse: PulseResource) ->
     time (drop partition, insert), for dashboards and fast reads."""
     settings = pulse.settings()
     rows = {table: 0 for table in fact_store.TABLES}
-    with fact_store.connect(settings) as client, ingest.connect(settings) as con:
+    with fact_store.connect(settings) as client, warehouse.connect(settings) as con:
         fact_store.ensure_tables(client)
         for day in partition_days(context):
             for table in fact_store.TABLES:

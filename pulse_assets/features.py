@@ -5,15 +5,18 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from pulse import feature_store, ingest
 from pulse.settings import FEATURE_SERVICE, PROJECT_ROOT
+from pulse.stores import feature_store, warehouse
 from pulse_assets.automation import CODE, DAY, FOLLOW
+from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 # Days of exported rows materialised online before the newest one: every cell active lately has a row there.
 ONLINE_LOOKBACK_DAYS = 1
+# The Feast repository's objects import Feast (seconds): only the asset that applies them pays for it.
+repository = lazy_module("feature_repo.repository")
 
 
 @dg.asset(
@@ -29,7 +32,7 @@ def feature_export(context: dg.AssetExecutionContext, pulse: PulseResource) -> d
     """One Parquet file per day of `fct_demand_features_15min`: the offline source of Feast's feature view."""
     settings = pulse.settings()
     rows = {}
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in partition_days(context):
             rows[day.isoformat()] = feature_store.export_day(con, settings, day)
     return dg.MaterializeResult(metadata={"dagster/row_count": sum(rows.values()), "rows_per_day": rows})
@@ -54,7 +57,7 @@ def _repository_version() -> str:
 def feast_registry(pulse: PulseResource) -> dg.MaterializeResult:
     """`feast apply` of `feature_repo/`: entities, the source, the feature view and the feature service. One
     current state, whose code version is the repository's files: it is stale only when they change."""
-    names = feature_store.apply_repository(pulse.settings())
+    names = repository.apply_repository(pulse.settings())
     return dg.MaterializeResult(metadata={"objects": names, "feature_service": FEATURE_SERVICE})
 
 

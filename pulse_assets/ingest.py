@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from pulse import ingest
+from pulse.data import ingest
+from pulse.stores import warehouse
 from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_days, single_run
 from pulse_assets.resources import PulseResource
@@ -28,7 +29,7 @@ def raw_asset(table: str) -> dg.AssetsDefinition:
         settings = pulse.settings()
         totals = {"read": 0, "accepted": 0, "quarantined": 0}
         reasons: dict[str, int] = {}
-        with ingest.connect(settings) as con:
+        with warehouse.connect(settings) as con:
             for day in partition_days(context):
                 r = ingest.ingest_partition(con, settings, table, day)
                 assert r.accepted + r.quarantined == r.read, f"{table} {day}: rows lost in validation"
@@ -64,7 +65,7 @@ raw_assets = [raw_asset(table) for table in ingest.CONTRACTS]
 )
 def raw_cell_neighbours(context: dg.AssetExecutionContext, pulse: PulseResource) -> dg.MaterializeResult:
     """Ring-1 and ring-2 H3 neighbours of every cell that has seen a request (feeds k-ring features)."""
-    with ingest.connect(pulse.settings()) as con:
+    with warehouse.connect(pulse.settings()) as con:
         added = ingest.refresh_cell_neighbours(con)
         cells, pairs = con.execute("SELECT count(DISTINCT hex_id), count(*) FROM raw.cell_neighbours").fetchone()
     return dg.MaterializeResult(metadata={"cells_added": added, "cells": cells, "dagster/row_count": pairs})

@@ -1,10 +1,11 @@
 """Modules the code location needs only when an asset runs, loaded on first use.
 
 Importing the code location is the first thing every Dagster run worker does. MLflow, LightGBM and SciPy
-(behind `pulse.backtest`, `pulse.registry`, `pulse.training`, `pulse.promotion`) take about 4 s of that
-and serve only the training, promotion, backtest and drift assets; an ingest-to-features partition run
-never touches them. ``lazy_module`` is the standard-library recipe (`importlib.util.LazyLoader`): the module
-object exists at once, its code runs on the first attribute access.
+(behind `pulse.lifecycle`: `backtest`, `evaluation`, `registry`, `training`, `promotion`) take about 4 s of
+that and serve only the training, promotion, backtest and drift assets; an ingest-to-features partition run
+never touches them. Feast (behind `feature_repo.repository`) loads when the feature assets first need it.
+``lazy_module`` is the standard-library recipe (`importlib.util.LazyLoader`): the module object exists at
+once, its code runs on the first attribute access.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import dagster as dg
 from pulse.settings import PulseSettings
 
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=PulseSettings().start_date.isoformat(), timezone="UTC", fmt="%Y-%m-%d"
+    start_date=PulseSettings().city.start_date.isoformat(), timezone="UTC", fmt="%Y-%m-%d"
 )
 
 # Backfills of many days run as one run: fixed costs (dbt parse, Feast import, training) are paid once.

@@ -24,16 +24,17 @@ import dagster as dg
 import numpy as np
 
 from expectations import checks
-from pulse import drift, ingest
+from pulse.lifecycle import drift
 from pulse.settings import MODEL_NAME
+from pulse.stores import warehouse
 from pulse_assets.automation import FOLLOW
 from pulse_assets.lazy import lazy_module
 from pulse_assets.quality import check_evidence, to_result
 from pulse_assets.resources import PulseResource
 from pulse_assets.training import Candidate
 
-promotion = lazy_module("pulse.promotion")
-registry = lazy_module("pulse.registry")
+promotion = lazy_module("pulse.lifecycle.promotion")
+registry = lazy_module("pulse.lifecycle.registry")
 
 CANDIDATE = dg.AssetKey(["model", "candidate"])
 CANDIDATE_IN = {"candidate": dg.AssetIn(key=CANDIDATE)}
@@ -64,7 +65,7 @@ def training_set_check(pulse: PulseResource, candidate: Candidate) -> dg.AssetCh
         return dg.AssetCheckResult(
             passed=False, metadata={"model_version": candidate.version}, description="the run logged no training sample"
         )
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells").fetchall()]
     validation = checks.training_set(sample, settings, cells, candidate.window_start, candidate.window_end)
     return to_result(validation, model_version=candidate.version, mlflow_run_id=candidate.run_id)
@@ -103,7 +104,7 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
     settings = pulse.settings()
     days, new_days = promotion.window_days(settings, candidate.version)
     evidence = check_evidence(context.instance, days, new_days)
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         unresolved = drift.unresolved_severe_input_drift(con, new_days)
     decision = promotion.judge(settings, candidate.version, evidence, unresolved)
     promotion.record(settings, decision)

@@ -23,13 +23,13 @@ import pandas as pd
 
 from expectations import checks
 from expectations.runner import Validation
-from pulse import ingest
 from pulse.settings import PulseSettings
+from pulse.stores import warehouse
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days
 from pulse_assets.resources import PulseResource
 
-promotion = lazy_module("pulse.promotion")
+promotion = lazy_module("pulse.lifecycle.promotion")
 
 GX = "great_expectations"
 MODEL_DRIFT = dg.AssetKey(["monitoring", "model_drift"])
@@ -104,7 +104,7 @@ def raw_events_check(table: str) -> dg.AssetChecksDefinition:
     )
     def _check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
         settings = pulse.settings()
-        with ingest.connect(settings) as con:
+        with warehouse.connect(settings) as con:
             yield from per_day(context, key, lambda day: to_result(checks.raw_events(con, settings, table, [day])))
 
     return _check
@@ -127,7 +127,7 @@ raw_checks = [raw_events_check(t) for t in checks.RAW_TABLES]
 )
 def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
     settings = pulse.settings()
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         yield from per_day(context, FACTS_CHECK, lambda day: to_result(checks.facts(con, settings, [day])))
 
 
@@ -144,7 +144,7 @@ def facts_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
 )
 def features_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
     settings = pulse.settings()
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         yield from per_day(context, FEATURES_CHECK, lambda day: to_result(checks.features(con, settings, [day])))
 
 

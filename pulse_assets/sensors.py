@@ -22,7 +22,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pulse.ingest import CONTRACTS, landing_file
+from pulse.data.ingest import CONTRACTS, landing_file
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.fact_store import clickhouse_facts
@@ -133,7 +133,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
         if key not in partitions:
             outside.append(key)
             continue
-        if now - landed["landed_at"] < settings.landing_settle_seconds:
+        if now - landed["landed_at"] < settings.promotion.landing_settle_seconds:
             waiting.append(key)
             continue
         loaded = _loaded_at(context.instance, day)
@@ -160,7 +160,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
         return requests
     reasons = []
     if waiting:
-        reasons.append(f"waiting for {waiting} to settle ({settings.landing_settle_seconds:.0f}s)")
+        reasons.append(f"waiting for {waiting} to settle ({settings.promotion.landing_settle_seconds:.0f}s)")
     if outside:
         reasons.append(f"{outside} outside the day partitions")
     return dg.SkipReason("; ".join(reasons) or "no new landing day")

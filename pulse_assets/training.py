@@ -5,12 +5,12 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
-from pulse import ingest
+from pulse.stores import warehouse
 from pulse_assets.automation import RETRAIN
 from pulse_assets.lazy import lazy_module
 from pulse_assets.resources import PulseResource
 
-training = lazy_module("pulse.training")
+training = lazy_module("pulse.lifecycle.training")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def model_candidate(context: dg.AssetExecutionContext, config: CandidateConfig, 
     `pulse-demand-forecast` with alias `challenger`. Every materialisation is a new version, named in its
     metadata; the promotion gates are this asset's checks."""
     settings = pulse.settings()
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         if config.window_end:
             end = datetime.combine(date.fromisoformat(config.window_end) + timedelta(days=1), datetime.min.time())
         else:

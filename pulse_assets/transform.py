@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
-from pulse import feature_store, ingest
+from pulse.stores import feature_store, warehouse
 from pulse_assets.automation import DAY
 from pulse_assets.partitions import daily_partitions, partition_window, single_run
 from pulse_assets.resources import PulseResource, dbt_project, dbt_vars
@@ -65,7 +65,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
         invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
     # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
     events = list(invocation.stream())
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for event in events:
             if isinstance(event, dg.Output):
                 relation = context.asset_key_for_output(event.output_name).path[-1]

@@ -40,7 +40,7 @@ async def every(seconds: float, work: Callable[[], object], name: str) -> None:
 
 
 def api_keys(settings: PulseSettings) -> tuple[bytes, ...]:
-    return tuple(k.strip().encode() for k in settings.api_keys.get_secret_value().split(",") if k.strip())
+    return tuple(k.strip().encode() for k in settings.serving.api_keys.get_secret_value().split(",") if k.strip())
 
 
 def create_app(settings: PulseSettings | None = None, clock: Callable[[], datetime] | None = None) -> FastAPI:
@@ -65,12 +65,14 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
             app.state.load_error = f"could not load model or features: {state.describe(err)}"
             log.error("serving state failed to load: %s", app.state.load_error)  # no traceback: it quotes URIs
         if not app.state.api_keys:
-            log.warning("no API keys configured (PULSE_API_KEYS): /v1 routes are open")
+            log.warning("no API keys configured (PULSE_SERVING__API_KEYS): /v1 routes are open")
         tasks = []
         if app.state.serving is not None:
             tasks = [
-                asyncio.create_task(every(settings.feature_refresh_seconds, state.refresh_features, "feature refresh")),
-                asyncio.create_task(every(settings.model_poll_seconds, state.poll_model, "model poll")),
+                asyncio.create_task(
+                    every(settings.serving.feature_refresh_seconds, state.refresh_features, "feature refresh")
+                ),
+                asyncio.create_task(every(settings.serving.model_poll_seconds, state.poll_model, "model poll")),
             ]
         try:
             yield
@@ -102,7 +104,7 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
     for module in (health, forecast, heatmap, recommendations, cells, model, livemap):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if settings.forecast_fast_path:
+    if settings.serving.forecast_fast_path:
         forecast_route = next(r for r in forecast.router.routes if r.path == "/v1/forecast")
         app.add_middleware(ForecastFastPath, get_state=lambda: app.state.serving, route=forecast_route)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times the fast path's answers too

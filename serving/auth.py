@@ -12,7 +12,9 @@ from typing import Annotated
 from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-bearer = HTTPBearer(auto_error=False, description="An API key from PULSE_API_KEYS, as `Authorization: Bearer <key>`.")
+bearer = HTTPBearer(
+    auto_error=False, description="An API key from PULSE_SERVING__API_KEYS, as `Authorization: Bearer <key>`."
+)
 
 
 def check_key(credentials: HTTPAuthorizationCredentials | None, keys: tuple[bytes, ...]) -> None:

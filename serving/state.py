@@ -26,12 +26,12 @@ from datetime import datetime
 import h3
 import numpy as np
 
-from pulse import champion
-from pulse.climatology import Climatology
-from pulse.forecast_table import CellForecast, ForecastTable, build_table, reference_time
-from pulse.online_snapshot import FeatureSnapshot, read_online_features
-from pulse.registry import LoadedModel
+from pulse.forecasts.forecast_table import CellForecast, ForecastTable, build_table, reference_time
+from pulse.lifecycle import champion
+from pulse.lifecycle.registry import LoadedModel
+from pulse.model.climatology import Climatology
 from pulse.settings import PulseSettings
+from pulse.stores.online_snapshot import FeatureSnapshot, read_online_features
 from serving import background, schemas
 
 log = logging.getLogger("pulse.serving")
@@ -214,7 +214,9 @@ class ServingState:
 
     def _load_climatology(self) -> Climatology:
         try:
-            return Climatology.from_parquet(self.settings.feast_offline_dir / "demand_features", self.settings.timezone)
+            return Climatology.from_parquet(
+                self.settings.feast_offline_dir / "demand_features", self.settings.city.timezone
+            )
         except Exception as err:  # a broken export must not keep the server from starting
             log.error("climatology unavailable: %s", self.settings.redact(str(err)))
             return Climatology()
@@ -239,7 +241,7 @@ class ServingState:
                 self.store_failing_since = time.monotonic()
             self.store_error = f"online store unreachable: {self.describe(err)}"
             down_for = time.monotonic() - (self.store_failing_since or 0.0)
-            return None if down_for >= self.settings.store_grace_seconds else current
+            return None if down_for >= self.settings.serving.store_grace_seconds else current
         if self.store_error is not None:
             log.info("online store readable again")
         self.store_error, self.store_failing_since = None, None
@@ -339,7 +341,7 @@ class ServingState:
             if features is None:
                 reasons.append(f"{self.store_error}; every cell gets the climatology fallback")
             else:
-                grace = self.settings.store_grace_seconds
+                grace = self.settings.serving.store_grace_seconds
                 reasons.append(f"{self.store_error}; the last snapshot serves for up to {grace:g} s")
         elif features is None:
             reasons.append("online features not read yet")

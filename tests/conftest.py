@@ -17,7 +17,7 @@ TINY_START = date(2026, 10, 26)
 def tiny_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("pulse_home")
     os.environ["PULSE_HOME"] = str(home)
-    os.environ["PULSE_START_DATE"] = TINY_START.isoformat()
+    os.environ["PULSE_CITY__START_DATE"] = TINY_START.isoformat()
     os.environ["DAGSTER_HOME"] = str(home / "dagster")
     (home / "dagster").mkdir()
     return home
@@ -32,7 +32,7 @@ def tiny_city(tiny_home) -> Path:
     earlier fixture (test_end_to_end's `city`) already built it in this home. Returns PULSE_HOME."""
     from datetime import timedelta
 
-    from pulse import registry
+    from pulse.lifecycle import registry
     from pulse.settings import PulseSettings
 
     settings = PulseSettings()
@@ -40,7 +40,7 @@ def tiny_city(tiny_home) -> Path:
     if not (built and registry.alias_version(settings, registry.CHAMPION)):
         import dagster as dg
 
-        from pulse.simulator import CityConfig, simulate_city
+        from pulse.data.simulator import CityConfig, simulate_city
         from pulse_assets.definitions import defs
 
         simulate_city(settings, CityConfig(radius=2, days=TINY_DAYS, requests_per_day=8000, drivers={1: 30, 2: 10}))
@@ -56,10 +56,10 @@ def tiny_city(tiny_home) -> Path:
 # Quality gates, automation and fault injection (issue 4) ------------------------------------------------------
 QUALITY_DAYS = 5  # loaded by the fixture; three more days wait in the stash
 QUALITY_ENV = {
-    "PULSE_MAX_TRAINING_ROWS": "3000",  # keeps each retrain to seconds on a shared 2-core machine
-    "PULSE_HOLDOUT_DAYS": "1",
-    "PULSE_LANDING_SETTLE_SECONDS": "0",
-    "PULSE_RETRAIN_COOLDOWN_MINUTES": "60",
+    "PULSE_TRAINING__MAX_TRAINING_ROWS": "3000",  # keeps each retrain to seconds on a shared 2-core machine
+    "PULSE_TRAINING__HOLDOUT_DAYS": "1",
+    "PULSE_PROMOTION__LANDING_SETTLE_SECONDS": "0",
+    "PULSE_PROMOTION__RETRAIN_COOLDOWN_MINUTES": "60",
 }
 LANDING_TABLES = ("ride_requests", "driver_pings", "price_quotes", "weather", "events")
 
@@ -174,8 +174,8 @@ def quality_city(tiny_home, tmp_path_factory) -> QualityCity:
     code location is imported with the end-to-end city's settings."""
     import dagster as dg
 
+    from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     home = tmp_path_factory.mktemp("quality_home")
     stash = tmp_path_factory.mktemp("quality_stash")
@@ -254,12 +254,12 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     import numpy as np
     import pandas as pd
 
-    from pulse.h3cells import cells_for_points
+    from pulse.data.simulator import CityConfig, simulate_city
+    from pulse.domain.cells import cells_for_points
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     home, scratch = tmp_path_factory.mktemp("trip_home"), tmp_path_factory.mktemp("trip_sim")
-    sim = PulseSettings(home=scratch, service_types=(1,), start_date=TRIP_START)
+    sim = PulseSettings(home=scratch, city={"service_types": (1,), "start_date": TRIP_START})
     simulate_city(sim, CityConfig(radius=1, days=TRIP_DAYS, requests_per_day=4000, drivers={1: 20}))
     requests = pd.concat(pd.read_parquet(p) for p in sorted((sim.landing_dir / "ride_requests").glob("*/*.parquet")))
     cells = pd.Series(cells_for_points(requests["pickup_lat"].to_numpy(), requests["pickup_lng"].to_numpy(), 8))
@@ -280,7 +280,7 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     (home / "landing" / "truth").mkdir(parents=True)
     shutil.copyfile(sim.truth_path, home / "landing" / "truth" / "expected_demand.parquet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), PULSE_MAX_TRAINING_ROWS="20000")
+    env.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), PULSE_TRAINING__MAX_TRAINING_ROWS="20000")
     run_pulse(
         env,
         "import-trips",

@@ -13,9 +13,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from pulse import promotion, registry
-from pulse.features import FEATURE_NAMES
-from pulse.model import DemandForecaster
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import promotion, registry
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 CHAMPION_KEY = dg.AssetKey(["model", "champion"])
@@ -148,12 +148,14 @@ def test_an_older_window_candidate_is_judged_on_its_own_holdout(quality):
         assert decided["candidate_version"].value == version
 
 
-def test_a_failing_gate_is_a_blocking_check_that_stops_the_champion(quality, monkeypatch):
+def test_a_failing_gate_is_a_blocking_check_that_stops_the_champion(quality):
     city, settings = quality, quality.settings
     champion = registry.alias_version(settings, registry.CHAMPION)
     champions = len(city.instance.fetch_materializations(CHAMPION_KEY, limit=100).records)
-    monkeypatch.setenv("PULSE_PROMOTION_WAPE_TOLERANCE", "-0.9")  # must beat the champion by 90%: impossible
-    result = city.defs.resolve_job_def("retrain").execute_in_process(instance=city.instance, raise_on_error=False)
+    # The launchpad's promotion threshold: must beat the champion by 90%, which no candidate does.
+    tuned = {"resources": {"pulse": {"config": {"promotion": {"wape_tolerance": -0.9}}}}}
+    job = city.defs.resolve_job_def("retrain")
+    result = job.execute_in_process(instance=city.instance, run_config=tuned, raise_on_error=False)
     assert not result.success
     gate = check_results(result, "model/candidate")["gate_beats_champion"]
     assert not gate.passed and "WAPE" in gate.description and f"champion v{champion}" in gate.description
@@ -232,11 +234,11 @@ def test_landing_sensor_sees_a_corrected_day_whose_mtime_was_preserved(tmp_path,
     import shutil
     import time
 
-    from pulse.ingest import landing_file
+    from pulse.data.ingest import landing_file
     from pulse_assets.definitions import defs
     from pulse_assets.resources import PulseResource
 
-    monkeypatch.setenv("PULSE_LANDING_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("PULSE_PROMOTION__LANDING_SETTLE_SECONDS", "0")
     settings = PulseSettings(home=tmp_path / "home")
     day = date(2026, 11, 1)
     path = landing_file(settings, "ride_requests", day)

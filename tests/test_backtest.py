@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import backtest
-from pulse.baselines import BASELINES
+from pulse.lifecycle import backtest, evaluation
+from pulse.model.baselines import BASELINES
 
 T0 = pd.Timestamp("2026-10-30 08:00", tz="UTC")
 
@@ -33,9 +33,9 @@ def _frame(p10, p50, p90, horizon=30):
 
 def test_scores_match_a_hand_computed_example():
     model = _frame([0, 1, 2, 0, 0], [1, 2, 3, 1, 9], [2, 4, 4, 3, 9])
-    actuals = model[backtest.KEYS].assign(actual=[0, 2, 5, 1, np.nan])  # the last target is unknown: not scored
+    actuals = model[evaluation.KEYS].assign(actual=[0, 2, 5, 1, np.nan])  # the last target is unknown: not scored
     frames = {"model": model, "truth": model.assign(p50=[0, 2, 4, 1, 0])}
-    s = backtest.score(frames, actuals).set_index("forecaster")
+    s = evaluation.score(frames, actuals).set_index("forecaster")
     m = s.loc["model"]
     # errors 1, 0, -2, 0 on actuals 0, 2, 5, 1
     assert m["rows"] == 4
@@ -51,7 +51,7 @@ def test_scores_match_a_hand_computed_example():
     # A baseline missing one forecast shrinks the common rows for everyone; one missing most is left out.
     frames["seasonal_naive"] = _frame([0, 0, 0, 0, 0], [0, 4, np.nan, 1, 1], [1, 6, 1, 2, 2])
     frames["last_value"] = _frame([0] * 5, [np.nan, np.nan, np.nan, 1, 1], [1] * 5)
-    s = backtest.score(frames, actuals)
+    s = evaluation.score(frames, actuals)
     assert s.attrs["left_out"] == {"last_value": pytest.approx(1 / 4)}
     s = s.set_index("forecaster")
     assert set(s.index) == {"model", "truth", "seasonal_naive"} and (s["rows"] == 3).all()
@@ -60,12 +60,12 @@ def test_scores_match_a_hand_computed_example():
     assert s.loc["model", "bias"] == pytest.approx(1 / 3)
     assert s.loc["seasonal_naive", "wape"] == pytest.approx(2 / 3)
     assert s.loc["seasonal_naive", "coverage_p10_p90"] == pytest.approx(1.0)  # 0 ∈ [0, 1], 2 ∈ [0, 6], 1 ∈ [0, 2]
-    text = backtest.format_scores(backtest.score(frames, actuals))
+    text = backtest.format_scores(evaluation.score(frames, actuals))
     assert "model WAPE vs seasonal_naive: -50.0%" in text and "left out: last_value" in text
 
 
 def _check_export(frame: pd.DataFrame) -> None:
-    assert list(frame.columns) == backtest.EXPORT_COLUMNS
+    assert list(frame.columns) == evaluation.EXPORT_COLUMNS
     assert frame["hex_id"].map(type).eq(str).all()
     assert str(frame["service_type"].dtype) == "int64" and str(frame["horizon_min"].dtype) == "int64"
     for col in ("origin_ts", "target_start"):
@@ -119,12 +119,12 @@ def test_backtest_command_trains_before_start_and_writes_every_origin(trip_log_c
     for h, part in model.groupby("horizon_min"):
         inside = origins[origins + pd.Timedelta(minutes=int(h)) <= pd.Timestamp(end, tz="UTC")]
         assert set(part["origin_ts"]) == set(inside)  # every 15-minute origin whose target ends by --end
-        assert len(part) == len(inside) * cells and not part.duplicated(backtest.KEYS).any()
+        assert len(part) == len(inside) * cells and not part.duplicated(evaluation.KEYS).any()
     assert sorted(model["horizon_min"].unique()) == [30, 60, 90]
     for name in BASELINES:
         frame = pd.read_parquet(backtest.sibling(out, name))
         _check_export(frame)
-        pd.testing.assert_frame_equal(frame[backtest.KEYS], model[backtest.KEYS])
+        pd.testing.assert_frame_equal(frame[evaluation.KEYS], model[evaluation.KEYS])
     assert out.with_suffix(".png").stat().st_size > 1000
 
     for text in (printed, _pulse(trip_log_city, monkeypatch, "evaluate", str(out))):

@@ -1,4 +1,4 @@
-"""The one 4-week time-of-week climatology (``pulse.climatology``) on the city's clock, across New York's
+"""The one 4-week time-of-week climatology (``pulse.model.climatology``) on the city's clock, across New York's
 2026-11-01 fall-back (02:00 EDT = 06:00 UTC becomes 01:00 EST):
 
 * the serving fallback against means hand-computed from a synthetic export whose demand encodes the local
@@ -20,11 +20,16 @@ import pandas as pd
 import pytest
 from dbt.cli.main import dbtRunner
 
-from pulse import baselines, feature_store, ingest, metrics, promotion, training
-from pulse.climatology import Climatology, bucket_floor, climatology_sql
-from pulse.forecast_table import build_table, reference_time
-from pulse.model import DemandForecaster
+from pulse.data import ingest
+from pulse.domain import metrics
+from pulse.forecasts.forecast_table import build_table, reference_time
+from pulse.lifecycle import promotion
+from pulse.lifecycle.rows import attach_targets
+from pulse.model import baselines
+from pulse.model.climatology import Climatology, bucket_floor, climatology_sql
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import PulseSettings
+from pulse.stores import feature_store, warehouse
 from serving.state import ServingState
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt_project"
@@ -35,7 +40,7 @@ FALL_BACK = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
 
 def _settings(home: Path) -> PulseSettings:
-    return PulseSettings(home=home, timezone=TZ, horizons=HORIZONS, service_types=(1,))
+    return PulseSettings(home=home, city={"timezone": TZ, "horizons": HORIZONS, "service_types": (1,)})
 
 
 def _local(ts: pd.Series) -> pd.Series:
@@ -150,7 +155,7 @@ def dbt_city(tmp_path_factory) -> PulseSettings:
         [(c, ts, int(n)) for c in CELLS for ts, n in zip(starts, rng.integers(0, 13, len(starts)), strict=True)],
         columns=["hex_id", "ts", "n"],
     )
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         ingest.ensure_raw_schema(con)
         con.register("plan", plan)
         con.execute("""
@@ -163,9 +168,9 @@ def dbt_city(tmp_path_factory) -> PulseSettings:
     dbt_vars = {
         "start": f"{FIRST_DAY:%Y-%m-%d %H:%M:%S}",
         "end": f"{END_DAY:%Y-%m-%d %H:%M:%S}",
-        "service_types": list(settings.service_types),
-        "min_cell_requests": settings.min_cell_requests,
-        "timezone": settings.timezone,
+        "service_types": list(settings.city.service_types),
+        "min_cell_requests": settings.city.min_cell_requests,
+        "timezone": settings.city.timezone,
     }
     args = ["build", "--select", "+fct_demand_features_15min", "--exclude-resource-type", "unit_test"]
     args += ["--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR), "--vars", json.dumps(dbt_vars)]
@@ -191,7 +196,7 @@ def _dbt_vs_python(settings: PulseSettings) -> pd.DataFrame:
         rows["k"] = rows["column"].str.rsplit("_", n=1).str[1].astype(int)
         rows["target_start"] = rows["bucket_start"] + pd.to_timedelta(rows["k"] * 15, unit="min")
         con.register("targets", rows[["hex_id", "service_type", "target_start"]].drop_duplicates())
-        py = con.execute(climatology_sql("main.fct_demand_15min", "targets", settings.timezone)).df()
+        py = con.execute(climatology_sql("main.fct_demand_15min", "targets", settings.city.timezone)).df()
     out = rows.merge(py, on=["hex_id", "service_type", "target_start"], how="left", validate="many_to_one")
     row_local = _local(out["bucket_start"]).dt.tz_localize(None)
     target_local = _local(out["target_start"]).dt.tz_localize(None)
@@ -221,14 +226,14 @@ def test_dbt_tow_mean_4w_of_a_target_across_the_change_is_its_local_time_of_week
 
 def test_serving_fallback_backtest_baseline_and_promotion_gate_agree(dbt_city):
     settings = dbt_city
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         for day in pd.date_range(FIRST_DAY, END_DAY - timedelta(days=1)):
             feature_store.export_day(con, settings, day.date())
         features = con.execute(
             "SELECT * EXCLUDE (feature_ts), timezone('UTC', feature_ts) AS event_timestamp "
             "FROM main.fct_demand_features_15min WHERE bucket_start >= TIMESTAMP '2026-11-07' ORDER BY ALL"
         ).df()
-        features = training.attach_targets(con, features, list(HORIZONS))
+        features = attach_targets(con, features, list(HORIZONS))
     keys = ["hex_id", "service_type", "target_start"]
     python = _dbt_vs_python(settings).drop_duplicates(keys).set_index(keys)["climatology"].sort_index()
 

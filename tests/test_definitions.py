@@ -91,7 +91,7 @@ def test_a_code_location_per_city_from_configuration(tmp_path):
     for city, start in (("chicago", "2021-01-01"), ("nyc", "2014-07-01")):
         home = tmp_path / city
         (home / "dagster").mkdir(parents=True)
-        (home / "city.env").write_text(f"PULSE_CITY={city}\nPULSE_START_DATE={start}\n")
+        (home / "city.env").write_text(f"PULSE_CITY__NAME={city}\nPULSE_CITY__START_DATE={start}\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
         env |= {"PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

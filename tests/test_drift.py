@@ -1,5 +1,5 @@
-"""Drift detection (pulse/drift.py): PSI/KS/null-share rules, performance drift, and a day-by-day run over real
-NYC taxi demand with five labelled anomalies (data/nab_nyc_taxi)."""
+"""Drift detection (pulse/lifecycle/drift.py): PSI/KS/null-share rules, performance drift, and a day-by-day run
+over real NYC taxi demand with five labelled anomalies (data/nab_nyc_taxi)."""
 
 import json
 from datetime import date, timedelta
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import drift, promotion
+from pulse.lifecycle import drift, promotion
 
 NAB = Path(__file__).resolve().parents[1] / "data" / "nab_nyc_taxi"
 T = drift.Thresholds()

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import drift, metrics, registry, training
-from pulse.features import FEATURE_NAMES, FEATURES
-from pulse.model import DemandForecaster
+from pulse.data.contract import FEATURE_NAMES, FEATURES
+from pulse.domain import metrics
+from pulse.lifecycle import drift, registry
+from pulse.lifecycle.rows import attach_targets
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.quality import drift_forecast_path
@@ -104,7 +106,7 @@ def active_rows(con, days: list[date]) -> pd.DataFrame:
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize("UTC")
     for name in FEATURE_NAMES:
         rows[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
-    return training.attach_targets(con, rows, HORIZONS)
+    return attach_targets(con, rows, HORIZONS)
 
 
 def register_champion(settings: PulseSettings, con, with_reference: bool = True) -> str:
@@ -178,13 +180,13 @@ def dead_server() -> str:
 def test_an_unreachable_tracking_server_fails_drift_instead_of_passing_it(city, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    dead = PulseSettings(home=city.home, mlflow_tracking_uri=dead_server())
+    dead = PulseSettings(home=city.home, servers={"mlflow_tracking_uri": dead_server()})
     run_id = registry.load_alias(city).run_id
     with pytest.raises(drift.ArtifactUnavailable, match=f"cannot read quality/drift_reference.json of run {run_id}"):
         drift.load_reference(dead, run_id)
     # The asset fails (and promotion, downstream of it, does not run): no "no champion", no "no reference".
     # A run reads the server addresses from its environment (they are secrets, never resource config).
-    monkeypatch.setenv("PULSE_MLFLOW_TRACKING_URI", dead.tracking_uri)
+    monkeypatch.setenv("PULSE_SERVERS__MLFLOW_TRACKING_URI", dead.tracking_uri)
     with pytest.raises(Exception, match="127.0.0.1"):
         run_asset(input_drift, city)
     with pytest.raises(Exception, match="127.0.0.1"):

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import PulseSettings
-from pulse.simulator import CityConfig, simulate_city
 from tests.conftest import TINY_START
 
 DAYS = 5
@@ -116,7 +116,7 @@ def test_pipeline_materialises_every_asset_with_row_counts(city):
     meta = ride.asset_materialization.metadata
     assert meta["rows_read"].value == meta["rows_accepted"].value + meta["rows_quarantined"].value > 10_000
 
-    from pulse import fact_store
+    from pulse.stores import fact_store
 
     with fact_store.connect(settings) as ch:
         assert ch.query("SELECT count() FROM fct_demand_15min").result_rows[0][0] == grid
@@ -180,7 +180,7 @@ def test_rematerialising_a_partition_changes_no_fact_rows(city):
 
 def test_champion_registered_and_api_forecasts_every_horizon(city):
     settings, _, _ = city
-    from pulse import registry
+    from pulse.lifecycle import registry
     from serving.app import create_app
 
     assert registry.alias_version(settings, registry.CHAMPION) is not None

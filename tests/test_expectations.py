@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from expectations import checks, runner
-from pulse import ingest
-from pulse.features import FEATURE_NAMES
+from pulse.data import ingest
+from pulse.data.contract import FEATURE_NAMES
+from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import PulseSettings
-from pulse.simulator import CityConfig, simulate_city
 
 START = date(2026, 10, 26)
 
@@ -254,7 +254,7 @@ def test_facts_suite_grid_holds_the_cells_active_by_each_day(tmp_path):
             [last],
         )
         con.execute("INSERT INTO main.dim_cells VALUES ('c', ?)", [days[-1]])
-        assert checks.expected_grid_rows(con, settings, days) == (96 * len(settings.service_types) * 17, 3)
+        assert checks.expected_grid_rows(con, settings, days) == (96 * len(settings.city.service_types) * 17, 3)
         assert checks.facts(con, settings, days).success
         assert checks.facts(con, settings, days[:1]).success  # an earlier day: c is not in its grid
 
@@ -295,7 +295,7 @@ def test_training_set_suite():
     sample["service_type"] = rng.choice([1, 2], n)
     start = pd.Timestamp("2026-10-26", tz="UTC")
     sample["event_timestamp"] = start + pd.to_timedelta(rng.integers(1, 96 * 5, n) * 15, unit="min")
-    for h in settings.horizons:
+    for h in settings.city.horizons:
         sample[f"target_{h}"] = rng.poisson(2, n).astype(float)
     end = start + pd.Timedelta(days=5)
     ok = checks.training_set(sample, settings, ["a", "b"], start.to_pydatetime(), end.to_pydatetime())

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import registry
+from pulse.lifecycle import registry
 
 FAULT_DAY = 7
 

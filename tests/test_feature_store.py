@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from pulse import feature_store
-from pulse.features import FEATURE_VIEW, FEATURES, TIMESTAMP_FIELD
+from pulse.data.contract import FEATURE_VIEW, FEATURES, TIMESTAMP_FIELD
 from pulse.settings import PulseSettings
+from pulse.stores import feature_store
 
 
 def export(settings: PulseSettings, requests: int) -> datetime:
@@ -20,11 +20,15 @@ def export(settings: PulseSettings, requests: int) -> datetime:
 
 
 def test_each_city_registers_and_reads_its_own_export(tmp_path, monkeypatch):
+    # Imported here, not at collection: importing Feast (feast.metrics) sets PROMETHEUS_MULTIPROC_DIR, and a
+    # prometheus_client imported after that shares every counter of a name across the process's API apps.
+    from feature_repo import repository
+
     cities = {requests: PulseSettings(home=tmp_path / f"city{requests}") for requests in (3, 7)}
     for requests, settings in cities.items():
         monkeypatch.setenv("PULSE_HOME", str(settings.home))  # as a process serving this city would have it
         ts = export(settings, requests)
-        feature_store.apply_repository(settings)
+        repository.apply_repository(settings)
     monkeypatch.delenv("PULSE_HOME")
     for requests, settings in cities.items():
         store = feature_store.open_store(settings)

@@ -6,9 +6,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pulse import ingest
+from pulse.data import ingest
+from pulse.data.trips import import_trips
 from pulse.settings import CITY_FILE, PulseSettings
-from pulse.trips import import_trips
+from pulse.stores import warehouse
 
 LAT, LNG = 40.73, -73.99
 CSV = """when,lat,lon,product
@@ -43,7 +44,7 @@ EXPECTED_REASONS = {
 
 @pytest.fixture
 def settings(tmp_path) -> PulseSettings:
-    return PulseSettings(home=tmp_path / "city", lat_min=40, lat_max=41.5, lng_min=-75, lng_max=-73)
+    return PulseSettings(home=tmp_path / "city", city={"lat_min": 40, "lat_max": 41.5, "lng_min": -75, "lng_max": -73})
 
 
 @pytest.fixture
@@ -124,14 +125,14 @@ def test_reimport_is_deterministic_and_the_city_settings_follow(settings, trip_f
 
     assert (settings.home / CITY_FILE).exists()
     city = PulseSettings(home=settings.home)  # what every later `pulse` command of this home sees
-    assert (city.city, city.h3_resolution, city.service_types) == ("messy", 7, (1, 2))
-    assert (city.start_date, city.timezone) == (date(2026, 10, 26), "America/New_York")
+    assert (city.city.name, city.city.h3_resolution, city.city.service_types) == ("messy", 7, (1, 2))
+    assert (city.city.start_date, city.city.timezone) == (date(2026, 10, 26), "America/New_York")
 
 
 def test_imported_days_pass_ingest_untouched(settings, trip_files):
     report = _import(settings, trip_files)
     city = PulseSettings(home=settings.home)
-    with ingest.connect(city) as con:
+    with warehouse.connect(city) as con:
         for day in report.days:
             r = ingest.ingest_partition(con, city, "ride_requests", day)
             assert r.read == r.accepted and r.quarantined == 0, r.reasons

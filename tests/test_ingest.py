@@ -4,8 +4,9 @@ import h3
 import pandas as pd
 import pytest
 
-from pulse import ingest
+from pulse.data import ingest
 from pulse.settings import PulseSettings
+from pulse.stores import warehouse
 
 DAY = date(2026, 10, 26)
 LAT, LNG = 40.73, -73.99
@@ -35,12 +36,12 @@ def messy_requests() -> pd.DataFrame:
 
 @pytest.fixture
 def settings(tmp_path) -> PulseSettings:
-    return PulseSettings(home=tmp_path, lat_min=40, lat_max=41.5, lng_min=-75, lng_max=-73)
+    return PulseSettings(home=tmp_path, city={"lat_min": 40, "lat_max": 41.5, "lng_min": -75, "lng_max": -73})
 
 
 def test_every_row_is_accepted_or_quarantined_with_a_reason(settings):
     write_requests(settings, messy_requests())
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         r = ingest.ingest_partition(con, settings, "ride_requests", DAY)
         assert (r.read, r.accepted, r.quarantined) == (9, 2, 7)
         assert r.reasons == {
@@ -63,7 +64,7 @@ def test_every_row_is_accepted_or_quarantined_with_a_reason(settings):
 
 def test_rerun_leaves_the_same_rows(settings):
     write_requests(settings, messy_requests())
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         ingest.ingest_partition(con, settings, "ride_requests", DAY)
         before = con.execute("SELECT * FROM raw.ride_requests ORDER BY request_id").fetchall()
         ingest.ingest_partition(con, settings, "ride_requests", DAY)
@@ -73,16 +74,16 @@ def test_rerun_leaves_the_same_rows(settings):
 
 def test_missing_required_column_refuses_the_partition(settings):
     write_requests(settings, messy_requests().drop(columns=["pickup_lng"]))
-    with ingest.connect(settings) as con, pytest.raises(ingest.MissingColumnsError, match="pickup_lng"):
+    with warehouse.connect(settings) as con, pytest.raises(ingest.MissingColumnsError, match="pickup_lng"):
         ingest.ingest_partition(con, settings, "ride_requests", DAY)
 
 
 def test_absent_day_file_loads_nothing_and_neighbours_cover_rings(settings):
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         r = ingest.ingest_partition(con, settings, "driver_pings", DAY)
         assert (r.read, r.accepted) == (0, 0)
     write_requests(settings, messy_requests())
-    with ingest.connect(settings) as con:
+    with warehouse.connect(settings) as con:
         ingest.ingest_partition(con, settings, "ride_requests", DAY)
         assert ingest.refresh_cell_neighbours(con) == 2
         assert ingest.refresh_cell_neighbours(con) == 0  # idempotent

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import training
-from pulse.feature_store import historical_features
-from pulse.features import FEATURE_NAMES
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import training
+from pulse.lifecycle.rows import attach_targets, entity_rows
 from pulse.settings import PulseSettings
+from pulse.stores.feature_store import historical_features
 
 # Every feature built from demand counts (the others are calendar values or absent feeds in a trip-log city).
 DEMAND_FEATURES = [f for f in FEATURE_NAMES if f.startswith(("requests", "tow_", "tod_", "neighbour"))]
@@ -46,8 +47,8 @@ def test_feature_service_never_shows_an_origin_its_future(city):
     trip, settings, con = city
     spike_at = pd.Timestamp(trip.spike_at, tz="UTC")
     origins = pd.date_range(spike_at - timedelta(hours=6), spike_at + timedelta(hours=6), freq="15min")
-    rows = training.entity_rows(con, settings, origins)
-    frame = training.attach_targets(con, historical_features(settings, rows), list(settings.horizons))
+    rows = entity_rows(con, settings, origins)
+    frame = attach_targets(con, historical_features(settings, rows), list(settings.city.horizons))
     assert len(frame) == len(rows) and frame["requests"].notna().all()
 
     before = frame[frame["event_timestamp"] <= spike_at]
@@ -66,14 +67,14 @@ def test_feature_service_never_shows_an_origin_its_future(city):
 def test_training_rows_before_the_spike_never_saw_it(city):
     trip, settings, con = city
     spike_at = pd.Timestamp(trip.spike_at, tz="UTC")
-    first = pd.Timestamp(settings.start_date).to_pydatetime()
-    last_h = timedelta(minutes=max(settings.horizons))
+    first = pd.Timestamp(settings.city.start_date).to_pydatetime()
+    last_h = timedelta(minutes=max(settings.city.horizons))
 
     # A model trained up to S (a backtest starting at S) sees nothing of it, not even as a target.
     fit = training.fit_forecaster(con, settings, first, trip.spike_at, num_rounds=5)
     rows = pd.concat([fit.train, fit.calibration], ignore_index=True)
     assert (rows["event_timestamp"] + last_h <= spike_at).all()  # every target ends before S
-    targets = [f"target_{h}" for h in settings.horizons]
+    targets = [f"target_{h}" for h in settings.city.horizons]
     assert _largest_seen(rows, trip.spike_cell) < trip.spike / 2
     assert rows[targets].max().max() < trip.spike / 2
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pulse import metrics
+from pulse.domain import metrics
 
 ACTUAL = [4, 0, 2, 6]
 FORECAST = [3, 1, 2, 9]

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse.features import FEATURE_NAMES
-from pulse.model import (
+from pulse.data.contract import FEATURE_NAMES
+from pulse.model.forecaster import (
     LEVEL_EDGES,
     MIN_LEVEL_ROWS,
     DemandForecaster,

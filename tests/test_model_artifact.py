@@ -10,9 +10,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import registry
-from pulse.features import FEATURE_NAMES
-from pulse.model import DemandForecaster
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import registry
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 # Run in the clean environment: proves Pulse is absent there, then loads and predicts through pyfunc.
@@ -66,13 +66,21 @@ def test_registered_model_loads_and_predicts_in_a_fresh_venv(tmp_path):
     requirements = (artifact / "requirements.txt").read_text().split()
     assert requirements and all("==" in r for r in requirements), requirements  # every package pinned
     assert not (artifact / "uv.lock").exists()  # the project's lock would rebuild all of Pulse
-    shipped = sorted(p.name for p in (artifact / "code" / "pulse").glob("*.py"))
-    assert shipped == ["__init__.py", "features.py", "model.py", "pyfunc.py"]
+    code = artifact / "code" / "pulse"
+    shipped = sorted(str(p.relative_to(code)) for p in code.rglob("*.py"))
+    assert shipped == [
+        "__init__.py",
+        "data/__init__.py",
+        "data/contract.py",
+        "model/__init__.py",
+        "model/forecaster.py",
+        "model/pyfunc.py",
+    ]
 
     rows = feature_rows()
     rows.to_pickle(tmp_path / "rows.pkl")
     # In-process loads go through the forecaster: mlflow.pyfunc.load_model would prepend the model's code folder
-    # to this process's sys.path, where its partial `pulse` package shadows the real one (see pulse/pyfunc.py).
+    # to this process's sys.path, where its partial `pulse` package shadows the real one (see pulse/model/pyfunc.py).
     expected = forecaster.predict(rows)
 
     venv = tmp_path / "venv"

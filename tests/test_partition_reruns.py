@@ -100,12 +100,12 @@ def _frame(home: Path, table: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def built(tiny_home, tmp_path_factory) -> dict:
     """(backfill home, daily home, late cell, event venue cell), both homes built from the same landing."""
+    from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
-    from pulse.simulator import CityConfig, simulate_city
 
     backfill, daily = tmp_path_factory.mktemp("backfill_home"), tmp_path_factory.mktemp("daily_home")
     config = CityConfig(radius=1, days=DAYS, requests_per_day=1500, drivers={1: 8, 2: 3}, ping_seconds=600)
-    simulate_city(PulseSettings(home=backfill, start_date=TINY_START), config)
+    simulate_city(PulseSettings(home=backfill, city={"start_date": TINY_START}), config)
     late_cell, venue = _plant_late_arrivals(backfill)
     shutil.copytree(backfill / "landing", daily / "landing")
 

@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from ops import services
+from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import MODEL_NAME, PROJECT_ROOT, PulseSettings
-from pulse.simulator import CityConfig, simulate_city
 from tests.conftest import TINY_START
 
 DAYS = 4
@@ -52,8 +52,8 @@ def production_city(servers, tiny_home, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     env = {
         "PULSE_PROFILE": "production",
-        "PULSE_REDIS_URL": f"127.0.0.1:{servers['redis'].port}",
-        "PULSE_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{servers['mlflow'].port}",
+        "PULSE_SERVERS__REDIS_URL": f"127.0.0.1:{servers['redis'].port}",
+        "PULSE_SERVERS__MLFLOW_TRACKING_URI": f"http://127.0.0.1:{servers['mlflow'].port}",
         "PULSE_PG_HOST": "127.0.0.1",
         "PULSE_PG_PORT": str(servers["postgres"].port),
         "PULSE_PG_USER": services.PG_USER,
@@ -125,7 +125,7 @@ def test_api_reads_redis_and_the_tracking_server(production_city):
 
 def test_rerun_leaves_same_redis_keys_and_clickhouse_rows(production_city):
     settings, servers, instance, resources = production_city
-    from pulse import fact_store
+    from pulse.stores import fact_store
 
     def clickhouse_rows():
         with fact_store.connect(settings) as ch:
@@ -144,7 +144,10 @@ def test_rerun_leaves_same_redis_keys_and_clickhouse_rows(production_city):
     assert clickhouse_rows() == rows
 
 
-REFRESH_S, GRACE_S = 1.0, 5.0  # PULSE_FEATURE_REFRESH_SECONDS, PULSE_STORE_GRACE_SECONDS of the server below
+REFRESH_S, GRACE_S = (
+    1.0,
+    5.0,
+)  # PULSE_SERVING__FEATURE_REFRESH_SECONDS, PULSE_SERVING__STORE_GRACE_SECONDS of the server below
 # A read of a Redis that refuses connections fails only after redis-py's default retries (10, jittered backoff
 # capped at 1 s): 3-4.5 s measured here, longer on a loaded machine. Only the test's deadlines use this bound.
 FAILED_READ_S = 10.0
@@ -156,7 +159,7 @@ def api_process(settings: PulseSettings, log_path: Path, **env_extra: str) -> It
     yields (process, base URL) once `/health` answers, and stops it afterwards."""
     port = services.free_port()
     env = {**os.environ, "PULSE_HOME": str(settings.home), "PULSE_PROFILE": "production", **env_extra}
-    env.pop("PULSE_API_KEYS", None)
+    env.pop("PULSE_SERVING__API_KEYS", None)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pulse_assets.cli", "serve", "--port", str(port)],
@@ -233,7 +236,7 @@ def test_redis_killed_while_serving_degrades_then_recovers_without_restart(produ
     settings, servers, *_ = production_city
     rds = servers["redis"]
     keys = redis_keys(rds.port)
-    env = {"PULSE_FEATURE_REFRESH_SECONDS": str(REFRESH_S), "PULSE_STORE_GRACE_SECONDS": str(GRACE_S)}
+    env = {"PULSE_SERVING__FEATURE_REFRESH_SECONDS": str(REFRESH_S), "PULSE_SERVING__STORE_GRACE_SECONDS": str(GRACE_S)}
     with (
         api_process(settings, tmp_path / "serve.log", **env) as (proc, url),
         httpx.Client(base_url=url, timeout=10) as c,

@@ -21,7 +21,7 @@ SERVERS = {
     "redis_url": "redis://:s3cret@host:6379",
     "mlflow_tracking_uri": "http://u:s3cret@mlflow:5000",
 }
-ENV = {f"PULSE_{name.upper()}": value for name, value in SERVERS.items()}
+ENV = {f"PULSE_SERVERS__{name.upper()}": value for name, value in SERVERS.items()}
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_server_passwords_are_masked_in_settings_and_logs(isolated, monkeypatch,
             monkeypatch.setenv(var, value)
         settings = PulseSettings()
     else:
-        settings = PulseSettings(home=isolated, **SERVERS)
+        settings = PulseSettings(home=isolated, servers=SERVERS)
     caplog.set_level(logging.DEBUG)
     logging.getLogger("pulse.test").info("settings: %s / %r", settings, settings)
     error = RuntimeError(f"could not connect with {settings}")
@@ -53,11 +53,11 @@ def test_server_passwords_are_masked_in_settings_and_logs(isolated, monkeypatch,
     # The connection code gets the real values.
     assert settings.fact_store_dsn == SERVERS["clickhouse_dsn"]
     assert settings.tracking_uri == SERVERS["mlflow_tracking_uri"]
-    assert settings.redis_url.get_secret_value() == SERVERS["redis_url"]
+    assert settings.servers.redis_url.get_secret_value() == SERVERS["redis_url"]
 
 
 def test_redact_masks_passwords_in_error_messages_and_keeps_the_server(isolated):
-    settings = PulseSettings(home=isolated, api_keys="key-1,key-2", **SERVERS)
+    settings = PulseSettings(home=isolated, serving={"api_keys": "key-1,key-2"}, servers=SERVERS)
     message = (
         "API request to http://u:s3cret@mlflow:5000/api/2.0/x failed; redis://:s3cret@host:6379 refused; "
         "dsn http://user:s3cret@host:8123/db; key key-2"
@@ -100,16 +100,19 @@ def basic_passwords(seen: list[dict]) -> set[str]:
 
 
 def test_connections_receive_the_real_passwords(isolated, recorder, monkeypatch):
-    from pulse import fact_store, registry
-    from pulse.feature_store import open_store
+    from pulse.lifecycle import registry
+    from pulse.stores import fact_store
+    from pulse.stores.feature_store import open_store
 
     port, seen = recorder
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     settings = PulseSettings(
         home=isolated,
-        clickhouse_dsn=f"http://user:s3cret@127.0.0.1:{port}/db",
-        mlflow_tracking_uri=f"http://u:s3cret@127.0.0.1:{port}",
-        redis_url="127.0.0.1:6379,password=s3cret",
+        servers={
+            "clickhouse_dsn": f"http://user:s3cret@127.0.0.1:{port}/db",
+            "mlflow_tracking_uri": f"http://u:s3cret@127.0.0.1:{port}",
+            "redis_url": "127.0.0.1:6379,password=s3cret",
+        },
     )
     with pytest.raises(Exception, match="500"), fact_store.connect(settings):
         pass

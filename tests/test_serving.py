@@ -60,9 +60,10 @@ def fast_mlflow_failures(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
-def make_settings(home: Path, **overrides) -> PulseSettings:
+def make_settings(home: Path, servers: dict | None = None, **serving) -> PulseSettings:
+    """A test server's settings: ``serving`` fields as keywords, background refreshes slow unless asked."""
     base = {"feature_refresh_seconds": 3600, "model_poll_seconds": 30, "store_grace_seconds": 0}
-    return PulseSettings(home=home, **{**base, **overrides})
+    return PulseSettings(home=home, serving={**base, **serving}, servers=servers or {})
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def free_port() -> int:
 
 # -- endpoints --------------------------------------------------------------------------------------------
 def test_forecast_has_supply_surge_and_explanation(client, cells, pristine):
-    elasticity = client.app.state.settings.surge_elasticity
+    elasticity = client.app.state.settings.serving.surge_elasticity
     newest = newest_feature_ts(pristine)
     explained = 0
     for service_type in (1, 2):
@@ -167,7 +168,7 @@ def test_batch_matches_single_forecasts(client, cells):
 
 
 def test_batch_over_the_limit_is_413(client, cells):
-    limit = client.app.state.settings.batch_limit
+    limit = client.app.state.settings.serving.batch_limit
     over = [{"hex_id": cells[i % len(cells)], "service_type": 1} for i in range(limit + 1)]
     r = client.post("/v1/forecast/batch", json={"items": over})
     assert r.status_code == 413 and str(limit) in r.json()["detail"]
@@ -216,8 +217,8 @@ def test_recommendations_spread_drivers_within_forecast_gaps(client, cells):
     assert gains == sorted(gains, reverse=True)
     for m in moves:
         assert 1 <= m["drivers"] <= m["forecast_gap"]
-        assert 0 < h3.grid_distance(origin, m["target_hex_id"]) <= settings.reposition_max_k
-        assert m["eta_min"] == pytest.approx(m["distance_km"] / settings.driver_speed_kmh * 60, abs=0.06)
+        assert 0 < h3.grid_distance(origin, m["target_hex_id"]) <= settings.serving.reposition_max_k
+        assert m["eta_min"] == pytest.approx(m["distance_km"] / settings.serving.driver_speed_kmh * 60, abs=0.06)
         assert 0 < m["confidence"] <= 1 and m["expected_gain"] > 0
         assert m["surge_delta"] is not None and m["supply_known"]
         target = client.get("/v1/forecast", params={"hex_id": m["target_hex_id"], "service_type": 1}).json()
@@ -269,7 +270,8 @@ def test_repeated_forecast_queries_are_answered_by_the_fast_path_until_the_view_
         assert TestClient(c.app).get(f"/v1/forecast?{query}").status_code == 401  # auth runs before it
         assert c.get(f"/v1/forecast?hex_id={cells[0]}&service_type=9").status_code == 422
         assert list(state.view.answers) == [query.encode()]  # errors are never remembered
-        assert 'pulse_http_requests_total{method="GET",route="/v1/forecast",status="200"} 2.0' in c.get("/metrics").text
+        counts = [line for line in c.get("/metrics").text.splitlines() if line.startswith("pulse_http_requests_total")]
+        assert 'pulse_http_requests_total{method="GET",route="/v1/forecast",status="200"} 2.0' in counts, counts
         (home / "feast" / "online.db").unlink()
         state.refresh_features()  # a new view: the remembered answer goes with the old one
         assert c.get(f"/v1/forecast?{query}").json()["degraded"] is True
@@ -348,7 +350,7 @@ def test_openapi_documents_the_bearer_scheme_on_every_v1_operation(client):
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key from PULSE_API_KEYS, as `Authorization: Bearer <key>`.",
+        "description": "An API key from PULSE_SERVING__API_KEYS, as `Authorization: Bearer <key>`.",
     }
     v1 = [op for path, ops in spec["paths"].items() if path.startswith("/v1/") for op in ops.values()]
     assert len(v1) == 6 and all(op["security"] == [{"HTTPBearer": []}] for op in v1)
@@ -396,7 +398,7 @@ def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells
         # tiny city has < 1 week), else the same local time of day on the other days.
         import duckdb
 
-        tz = make_settings(home).timezone
+        tz = make_settings(home).city.timezone
         target = datetime.fromisoformat(body["forecasts"][0]["target_start"]).astimezone(ZoneInfo(tz))
         files = home / "feast" / "offline" / "demand_features" / "*.parquet"
         with duckdb.connect() as con:
@@ -417,8 +419,8 @@ def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells
 
 
 def test_aged_features_for_a_cell_are_stale(home, cells):
-    from pulse.feature_store import open_store
-    from pulse.features import FEATURE_VIEW
+    from pulse.data.contract import FEATURE_VIEW
+    from pulse.stores.feature_store import open_store
 
     victim = cells[4]
     newest = newest_feature_ts(home)
@@ -497,7 +499,7 @@ def test_registry_on_a_closed_port_at_start_serves_the_cached_champion(home, cel
         version = c.get("/v1/model").json()["version"]
     closed = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
-    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+    with TestClient(create_app(make_settings(home, servers={"mlflow_tracking_uri": closed}))) as c:
         assert time.monotonic() - start < 30
         card = c.get("/v1/model").json()
         assert card["version"] == version and card["source"] == "cache"
@@ -509,7 +511,7 @@ def test_registry_on_a_closed_port_at_start_serves_the_cached_champion(home, cel
         assert c.get("/v1/model").json()["version"] == version
 
     shutil.rmtree(home / "model_cache")  # no cache either: climatology for every cell, not ready
-    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+    with TestClient(create_app(make_settings(home, servers={"mlflow_tracking_uri": closed}))) as c:
         ready = c.get("/ready")
         assert ready.status_code == 503 and "registry" in ready.json()["reasons"][0]
         r = c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1})
@@ -522,7 +524,7 @@ def register_wider_champion(settings: PulseSettings) -> str:
     so a forecast's numbers tell which version computed it."""
     import mlflow
 
-    from pulse import registry
+    from pulse.lifecycle import registry
 
     forecaster = registry.load_alias(settings).forecaster
     forecaster.dispersion = {h: 4 * a + 0.5 for h, a in forecaster.dispersion.items()}
@@ -606,9 +608,8 @@ def test_new_champion_swapped_in_without_restart_then_registry_unreachable(home,
         assert info in c.get("/metrics").text
 
         state = app.state.serving
-        state.settings = settings.model_copy(
-            update={"mlflow_tracking_uri": SecretStr(f"http://127.0.0.1:{free_port()}")}
-        )
+        dead = settings.servers.model_copy(update={"mlflow_tracking_uri": SecretStr(f"http://127.0.0.1:{free_port()}")})
+        state.settings = settings.model_copy(update={"servers": dead})
         assert not state.poll_model()  # what the background poller does every model_poll_seconds
         card = c.get("/v1/model").json()
         assert card["version"] == new_version and "registry poll failed" in card["registry_error"]
@@ -624,7 +625,7 @@ def test_registry_credentials_never_reach_logs_or_answers(home, cells, caplog):
     with TestClient(create_app(make_settings(home))) as c:  # a first start caches the champion
         assert c.get("/v1/model").status_code == 200
     closed = f"http://u:s3cret@127.0.0.1:{free_port()}"
-    with TestClient(create_app(make_settings(home, mlflow_tracking_uri=closed))) as c:
+    with TestClient(create_app(make_settings(home, servers={"mlflow_tracking_uri": closed}))) as c:
         c.app.state.serving.poll_model()
         ready, card = c.get("/ready").json(), c.get("/v1/model").json()
         shown = " ".join(ready["reasons"]) + card["registry_error"] + caplog.text

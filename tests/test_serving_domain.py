@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pulse import explain
-from pulse.forecast_table import CellForecast, HorizonForecast, parse_horizons
-from pulse.forecasting import BadRequest
-from pulse.repositioning import confidence, pick_horizon, plan_moves
-from pulse.surge import surge_multiplier, surge_multipliers
+from pulse.domain import explain
+from pulse.domain.surge import surge_multiplier, surge_multipliers
+from pulse.forecasts.forecast_table import CellForecast, HorizonForecast, parse_horizons
+from pulse.forecasts.repositioning import confidence, pick_horizon, plan_moves
+from pulse.model.forecasting import BadRequest
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # a Monday
 

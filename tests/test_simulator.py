@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pulse.h3cells import cells_for_points, disk, is_valid_cell, neighbours
+from pulse.data.simulator import CityConfig, _City, simulate_city
+from pulse.domain.cells import cells_for_points, disk, is_valid_cell, neighbours
 from pulse.settings import PulseSettings
-from pulse.simulator import CityConfig, _City, simulate_city
 
 TINY = dict(radius=2, days=3, requests_per_day=3000.0, drivers={1: 16, 2: 4})
-START = PulseSettings().start_date
+START = PulseSettings().city.start_date
 TS = pa.timestamp("us", tz="UTC")
 _TYPES = {"str": pa.string(), "ts": TS, "f64": pa.float64(), "i64": pa.int64(), "bool": pa.bool_()}
 
@@ -75,7 +75,7 @@ def calm(tmp_path_factory: pytest.TempPathFactory) -> PulseSettings:
 
 @pytest.fixture(scope="module")
 def city_cells() -> set[str]:
-    centre = h3.latlng_to_cell(CityConfig.center_lat, CityConfig.center_lng, PulseSettings().h3_resolution)
+    centre = h3.latlng_to_cell(CityConfig.center_lat, CityConfig.center_lng, PulseSettings().city.h3_resolution)
     return set(h3.grid_disk(centre, TINY["radius"]))
 
 
@@ -176,7 +176,7 @@ def test_requests_are_poisson_draws_of_the_truth(wet: PulseSettings, city_cells:
     truth, req = pd.read_parquet(wet.truth_path), _read(wet, "ride_requests")
     mean = truth.expected_requests.sum()
     assert abs(len(req) - mean) < 4 * np.sqrt(mean)
-    req["hex_id"] = cells_for_points(req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), wet.h3_resolution)
+    req["hex_id"] = cells_for_points(req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), wet.city.h3_resolution)
     assert req.hex_id.isin(city_cells).all()  # every pickup falls inside the city grid
     # Per cell and hour, realised counts track the truth; per cell totals sit within Poisson noise.
     req["hour"], truth["hour"] = req.requested_at.dt.floor("h"), truth.bucket_start.dt.floor("h")
@@ -234,14 +234,14 @@ def test_event_exit_spikes_demand_at_the_venue(wet: PulseSettings, calm: PulseSe
     events = _read(wet, "events")
     assert len(events) >= 3 and events.expected_attendance.between(5_000, 40_000).all()
     assert (events.ends_at > events.starts_at).all() and len(_read(calm, "events")) == 0
-    venue = cells_for_points(events.venue_lat.to_numpy(), events.venue_lng.to_numpy(), wet.h3_resolution)
+    venue = cells_for_points(events.venue_lat.to_numpy(), events.venue_lng.to_numpy(), wet.city.h3_resolution)
     realised, excess = {"wet": 0, "calm": 0}, 0.0
     truths = {name: pd.read_parquet(s.truth_path) for name, s in (("wet", wet), ("calm", calm))}
     for cell, ends in zip(venue, events.ends_at, strict=True):
         window = (ends, ends + pd.Timedelta(minutes=45))
         for name, settings in (("wet", wet), ("calm", calm)):
             req = _read(settings, "ride_requests")
-            hexes = cells_for_points(req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), settings.h3_resolution)
+            hexes = cells_for_points(req.pickup_lat.to_numpy(), req.pickup_lng.to_numpy(), settings.city.h3_resolution)
             realised[name] += int(((hexes == cell) & req.requested_at.between(*window, inclusive="left")).sum())
         t = {k: v[(v.hex_id == cell) & v.bucket_start.between(*window, inclusive="left")] for k, v in truths.items()}
         excess += t["wet"].expected_requests.sum() - t["calm"].expected_requests.sum()

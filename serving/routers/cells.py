@@ -18,4 +18,4 @@ async def list_cells(request: Request, service_type: Annotated[int, Query(descri
     view, settings = view_of(request), settings_of(request)
     if service_type not in view.table.service_types:
         raise HTTPException(422, detail=f"unknown service type {service_type}; known: {view.table.service_types}")
-    return Response(view.cells_json(service_type, settings.h3_resolution), media_type=JSON)
+    return Response(view.cells_json(service_type, settings.city.h3_resolution), media_type=JSON)

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from pulse.forecast_table import parse_horizons
-from pulse.forecasting import BadRequest, check_cell
+from pulse.forecasts.forecast_table import parse_horizons
+from pulse.model.forecasting import BadRequest, check_cell
 from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.schemas import BatchRequest, BatchResponse, Forecast
@@ -50,7 +50,7 @@ async def get_forecast(
     horizon. Missing or stale features give the time-of-week fallback, flagged `degraded`."""
     view = view_of(request)
     try:
-        wanted = check_request(view, settings_of(request).h3_resolution, hex_id, service_type, horizons)
+        wanted = check_request(view, settings_of(request).city.h3_resolution, hex_id, service_type, horizons)
     except BadRequest as err:
         raise HTTPException(422, detail=str(err)) from None
     body = view.forecast_json(hex_id, service_type, wanted)
@@ -62,7 +62,7 @@ async def get_forecast(
 
 async def limit_batch_size(request: Request) -> None:
     """413 before parsing when the body cannot hold at most ``batch_limit`` items."""
-    limit = request.app.state.settings.batch_limit
+    limit = request.app.state.settings.serving.batch_limit
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit * BATCH_ITEM_BYTES + 1024:
         raise HTTPException(413, detail=f"batch body too large: at most {limit} cells per call")
@@ -82,8 +82,10 @@ async def post_batch(request: Request, batch: BatchRequest) -> Response:
     """Forecasts of many cells in one call (at most `batch_limit`, 5,000 by default), same fields as
     `/v1/forecast`. Valid cells that are not active cells of the city come back under `unknown`."""
     view, settings = view_of(request), settings_of(request)
-    if len(batch.items) > settings.batch_limit:
-        raise HTTPException(413, detail=f"{len(batch.items)} cells asked, at most {settings.batch_limit} per call")
+    if len(batch.items) > settings.serving.batch_limit:
+        raise HTTPException(
+            413, detail=f"{len(batch.items)} cells asked, at most {settings.serving.batch_limit} per call"
+        )
     try:
         wanted = (
             tuple(view.table.horizons)
@@ -99,7 +101,7 @@ async def post_batch(request: Request, batch: BatchRequest) -> Response:
             bodies.append(body)
             continue
         try:
-            check_request(view, settings.h3_resolution, item.hex_id, item.service_type, None)
+            check_request(view, settings.city.h3_resolution, item.hex_id, item.service_type, None)
         except BadRequest as err:
             errors.append(f"items[{i}]: {err}")
             continue

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from pulse.forecast_table import parse_horizons
-from pulse.forecasting import BadRequest
+from pulse.forecasts.forecast_table import parse_horizons
+from pulse.model.forecasting import BadRequest
 from serving.auth import API_KEY
 from serving.deps import view_of
 from serving.routers.forecast import ERRORS, JSON

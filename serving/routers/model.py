@@ -6,7 +6,7 @@ import json
 
 from fastapi import APIRouter, HTTPException
 
-from pulse.registry import CHAMPION
+from pulse.lifecycle.registry import CHAMPION
 from pulse.settings import FEATURE_SERVICE, MODEL_NAME
 from serving.auth import API_KEY
 from serving.deps import StateDep

@@ -1,4 +1,4 @@
-"""/v1/recommendations: repositioning moves for idle drivers in a cell (logic in pulse.repositioning)."""
+"""/v1/recommendations: repositioning moves for idle drivers in a cell (logic in pulse.forecasts.repositioning)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from pulse.forecasting import BadRequest, check_cell
-from pulse.repositioning import plan_moves
+from pulse.forecasts.repositioning import plan_moves
+from pulse.model.forecasting import BadRequest, check_cell
 from serving.auth import API_KEY
 from serving.deps import settings_of, view_of
 from serving.routers.forecast import ERRORS
@@ -31,7 +31,7 @@ async def get_recommendations(
     (forecast gap at the target minus the cost of driving there); never more drivers to a cell than its gap."""
     view, settings = view_of(request), settings_of(request)
     try:
-        check_cell(hex_id, settings.h3_resolution)
+        check_cell(hex_id, settings.city.h3_resolution)
     except BadRequest as err:
         raise HTTPException(422, detail=str(err)) from None
     if service_type not in view.table.service_types:
@@ -43,9 +43,9 @@ async def get_recommendations(
         origin,
         drivers,
         view.by_service(service_type),
-        speed_kmh=settings.driver_speed_kmh,
-        max_k=settings.reposition_max_k,
-        cost_per_min=settings.reposition_cost_per_min,
+        speed_kmh=settings.serving.driver_speed_kmh,
+        max_k=settings.serving.reposition_max_k,
+        cost_per_min=settings.serving.reposition_cost_per_min,
     )
     return Recommendations(
         hex_id=hex_id,

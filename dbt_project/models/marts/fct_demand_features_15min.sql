@@ -39,7 +39,7 @@
 {%- set trailing = [('1h', 4), ('3h', 12), ('24h', 96)] -%}
 {%- set buckets_per_week = 7 * 24 * 4 -%}
 {%- set buckets_per_day = 24 * 4 -%}
-{%- set tz = var('timezone', env_var('PULSE_TIMEZONE', 'America/New_York')) -%}
+{%- set tz = var('timezone', env_var('PULSE_CITY__TIMEZONE', 'America/New_York')) -%}
 
 with
 

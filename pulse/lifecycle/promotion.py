@@ -6,10 +6,10 @@ The challenger (alias ``challenger``, moved by training) becomes ``champion`` on
    of its training window (days newer than the champion's window must have a passing result; older days
    must not have a failing latest one), its training set and its forecasts.
 2. ``backtest_vs_champion``: on the challenger's own held-out rows, its WAPE is no worse than the champion's
-   on the same rows, per horizon, within ``promotion_wape_tolerance``.
+   on the same rows, per horizon, within ``promotion.wape_tolerance``.
 3. ``better_than_climatology``: its WAPE beats the 4-week time-of-week climatology on the same rows: the
    figures `model/backtest` logs on the run (``backtest_model_wape_h``, ``backtest_climatology_4w_wape_h``),
-   else computed here on its held-out rows with the same ``climatology_4w`` baseline (``pulse.climatology``
+   else computed here on its held-out rows with the same ``climatology_4w`` baseline (``pulse.model.climatology``
    defines it; the serving fallback forecasts the same means). A city younger
    than the climatology's first week compares with the baseline training recorded (seasonal naive or last
    value).
@@ -34,8 +34,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import baselines, drift, metrics, registry
-from pulse.model import DemandForecaster
+from pulse.domain import metrics
+from pulse.lifecycle import drift, registry
+from pulse.model import baselines
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 
@@ -131,7 +133,7 @@ def same_holdout_wape(
     out: dict[int, dict[str, float]] = {}
     cand = candidate.predict(holdout)
     champ = champion.predict(holdout) if champion is not None else None
-    for h in settings.horizons:
+    for h in settings.city.horizons:
         actual = holdout[f"target_{h}"].to_numpy(float)
         ok = np.isfinite(actual)
         p_cand = cand.loc[cand["horizon_min"] == h, "p50"].to_numpy(float)
@@ -162,7 +164,7 @@ def _backtest_gates(
     figs = same_holdout_wape(settings, candidate, champion, holdout)
     figures = {f"{k}_{h}": v for h, fig in figs.items() for k, v in fig.items()}
 
-    tol = settings.promotion_wape_tolerance
+    tol = settings.promotion.wape_tolerance
     vs_champion: list[str] = []
     ok_champion = True
     if champion is None:

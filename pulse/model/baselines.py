@@ -2,7 +2,7 @@
 
 * ``seasonal_naive``: the target bucket one week earlier (``requests_last_week_ahead_k``);
 * ``climatology_4w``: the mean of the target's local time-of-week bucket over the 4 weeks before it, over
-  the buckets present (``tow_mean_4w_ahead_k``; ``pulse.climatology`` defines it, and the serving fallback
+  the buckets present (``tow_mean_4w_ahead_k``; ``pulse.model.climatology`` defines it, and the serving fallback
   forecasts the same means);
 * ``last_value``: the demand of the bucket that ended at the origin (``requests``).
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pulse.model import target_bucket
+from pulse.model.forecaster import target_bucket
 
 BASELINES = ("seasonal_naive", "climatology_4w", "last_value")
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import h3
 import pandas as pd
 
-from pulse.model import DemandForecaster
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import BUCKET_MINUTES
 
 

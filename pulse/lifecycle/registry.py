@@ -19,9 +19,9 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pulse import pyfunc
-from pulse.model import DemandForecaster
-from pulse.pyfunc import ForecastPyfunc
+from pulse.model import pyfunc
+from pulse.model.forecaster import DemandForecaster
+from pulse.model.pyfunc import ForecastPyfunc
 from pulse.settings import MODEL_NAME, PulseSettings
 
 EXPERIMENT = "pulse-demand"
@@ -42,7 +42,7 @@ def experiment_id(settings: PulseSettings) -> str:
         return exp.experiment_id
     # Locally, artifacts live under PULSE_HOME, not in an ./mlruns of whatever the working directory is;
     # a tracking server stores them where it was told to (--artifacts-destination).
-    location = None if settings.mlflow_tracking_uri else Path(settings.artifact_root).as_uri()
+    location = None if settings.servers.mlflow_tracking_uri else Path(settings.artifact_root).as_uri()
     return c.create_experiment(EXPERIMENT, artifact_location=location)
 
 
@@ -55,9 +55,9 @@ def pyfunc_requirements() -> list[str]:
 def _pyfunc_code(folder: Path) -> Path:
     """A ``pulse`` package holding only the modules the pyfunc imports, to ship as the model's code."""
     package = folder / "pulse"
-    package.mkdir(parents=True)
-    source = Path(pyfunc.__file__).parent
+    source = Path(pyfunc.__file__).parent.parent  # pulse/
     for name in pyfunc.CODE_MODULES:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / name, package / name)
     return package
 

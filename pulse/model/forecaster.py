@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from pulse.features import AHEAD_BUCKETS, BUCKET_MINUTES, FEATURE_NAMES
+from pulse.data.contract import AHEAD_BUCKETS, BUCKET_MINUTES, FEATURE_NAMES
 
 # Features that describe a fixed bucket ahead of the origin: each horizon's model reads only its own.
 AHEAD_FEATURES = {

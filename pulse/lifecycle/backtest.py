@@ -1,21 +1,20 @@
 """Rolling-origin backtests, their export files, and their evaluation.
 
-A backtest over [start, end) trains on data before ``start`` only (``pulse.training.fit_forecaster``, the
-same code and Feast feature service as the registered candidates), then forecasts at every origin
+A backtest over [start, end) trains on data before ``start`` only (``pulse.lifecycle.training.fit_forecaster``,
+the same code and Feast feature service as the registered candidates), then forecasts at every origin
 T = start, start + 15 min, ..., for every active cell, service type and horizon whose target bucket
-[T + h − 15 min, T + h) ends by ``end``. All origins' features come from one point-in-time retrieval.
+[T + h − 15 min, T + h) ends by ``end`` (``pulse.lifecycle.evaluation.forecast_window``, which a training run's
+holdout uses too). All origins' features come from one point-in-time retrieval.
 
 Files (DESIGN.md export format: hex_id, service_type, origin_ts, horizon_min, target_start, p10, p50, p90):
 
 * ``FILE.parquet``: the model;
-* ``FILE.<baseline>.parquet`` beside it: the same rows for each baseline of ``pulse.baselines``;
+* ``FILE.<baseline>.parquet`` beside it: the same rows for each baseline of ``pulse.model.baselines``;
 * ``FILE.json``: how the run was made (windows, cells, rows, calibration, the command).
 
 Evaluation reads the files, the actual demand from the warehouse and, on a simulated city, the simulator's
-true expected demand (``truth``: Poisson quantiles of the true mean, the best any forecaster can do). Every
-forecaster is scored on the same rows: those with an actual where all of them have a forecast. A baseline
-that lacks the history for more than half of the model's rows (seasonal naive or climatology in a city
-younger than a week) is left out rather than shrinking the rows everyone is scored on.
+true expected demand (``truth``: Poisson quantiles of the true mean, the best any forecaster can do), and scores
+them with ``pulse.lifecycle.evaluation.score``: every forecaster on the same rows.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,111 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pulse import baselines, metrics, training
-from pulse.feature_store import historical_features
-from pulse.model import DemandForecaster, randomized_pit
-from pulse.settings import BUCKET_MINUTES, PulseSettings
-
-EXPORT_COLUMNS = ["hex_id", "service_type", "origin_ts", "horizon_min", "target_start", "p10", "p50", "p90"]
-KEYS = ["hex_id", "service_type", "origin_ts", "horizon_min"]
-MODEL, TRUTH = "model", "truth"
-MIN_COVERAGE = 0.5  # a forecaster with a value for fewer of the model's rows than this is left out
-BUCKET = timedelta(minutes=BUCKET_MINUTES)
-
-
-@dataclass
-class WindowForecasts:
-    """Forecasts of one window: the feature rows (with targets, NaN beyond the window) and, per forecaster,
-    rows in the export format, all in the same order; ``actuals`` holds the realised demand of each row."""
-
-    features: pd.DataFrame
-    frames: dict[str, pd.DataFrame]
-    actuals: pd.DataFrame
-    pit_coverage: dict[int, float] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def backtest_origins(start: datetime, end: datetime) -> pd.DatetimeIndex:
-    """Origins of a backtest over [start, end): every bucket end from ``start`` to ``end`` − 15 min."""
-    return pd.date_range(start, end - BUCKET, freq=BUCKET, tz="UTC")
-
-
-def _utc(ts) -> pd.Series:
-    ts = pd.to_datetime(ts)
-    if getattr(ts.dt, "tz", None) is None:
-        return ts.dt.tz_localize("UTC")
-    return ts.dt.tz_convert("UTC")
-
-
-def export_rows(features: pd.DataFrame, h: int, p10, p50, p90) -> pd.DataFrame:
-    origin = _utc(features["event_timestamp"]).dt.as_unit("us").reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "hex_id": features["hex_id"].astype(str).to_numpy(),
-            "service_type": features["service_type"].astype("int64").to_numpy(),
-            "origin_ts": origin,
-            "horizon_min": np.full(len(features), h, dtype="int64"),
-            "target_start": origin + pd.Timedelta(minutes=h - BUCKET_MINUTES),
-            "p10": np.asarray(p10, dtype=float),
-            "p50": np.asarray(p50, dtype=float),
-            "p90": np.asarray(p90, dtype=float),
-        }
-    )
-
-
-def forecast_window(
-    con: duckdb.DuckDBPyConnection,
-    settings: PulseSettings,
-    forecaster: DemandForecaster,
-    start: datetime,
-    end: datetime,
-    baseline_names: tuple[str, ...] = baselines.BASELINES,
-) -> WindowForecasts:
-    """The model's and the baselines' forecasts at every origin in [start, end), for the model's cells."""
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    rows = training.entity_rows(con, settings, backtest_origins(start, end), forecaster.cells)
-    features = historical_features(settings, rows)
-    seconds["features"] = time.perf_counter() - t0
-    features = training.attach_targets(con, features, forecaster.horizons)
-    features = features.sort_values(["event_timestamp", "hex_id", "service_type"], ignore_index=True)
-    origin = _utc(features["event_timestamp"])
-    end_utc = pd.Timestamp(end).tz_localize("UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
-    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (MODEL, *baseline_names)}
-    actual_parts, pit = [], {}
-    t0 = time.perf_counter()
-    for h in forecaster.horizons:
-        inside = (origin + pd.Timedelta(minutes=h) <= end_utc).to_numpy()
-        # targets beyond the window are not part of it, even when the warehouse already holds them
-        features.loc[~inside, f"target_{h}"] = np.nan
-        part = features[inside]
-        mu = forecaster.mean(part, h)
-        frames[MODEL].append(
-            export_rows(
-                part,
-                h,
-                forecaster.quantiles(mu, h, 0.1),
-                forecaster.quantiles(mu, h, 0.5),
-                forecaster.quantiles(mu, h, 0.9),
-            )
-        )
-        for name in baseline_names:
-            q = baselines.baseline_quantiles(part, name, h)
-            frames[name].append(export_rows(part, h, q["p10"], q["p50"], q["p90"]))
-        actual = part[f"target_{h}"].to_numpy(float)
-        actual_parts.append(frames[MODEL][-1][KEYS].assign(actual=actual))
-        known = np.isfinite(actual)
-        if known.any():
-            u = randomized_pit(actual[known], mu[known], forecaster.alphas(mu[known], h), seed=h)
-            pit[h] = float(np.mean((u >= 0.1) & (u <= 0.9)))
-    seconds["predict"] = time.perf_counter() - t0
-    return WindowForecasts(
-        features=features,
-        frames={name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()},
-        actuals=pd.concat(actual_parts, ignore_index=True),
-        pit_coverage=pit,
-        seconds=seconds,
-    )
+from pulse.lifecycle import training
+from pulse.lifecycle.evaluation import EXPORT_COLUMNS, KEYS, MODEL, TRUTH, WindowForecasts, forecast_window, score, utc
+from pulse.model import baselines
+from pulse.settings import PulseSettings
 
 
 @dataclass
@@ -157,8 +55,8 @@ def run_backtest(
     num_rounds: int | None = None,
 ) -> BacktestRun:
     """Train on [start − train_days, start) (clipped to the city's first day), then forecast [start, end)."""
-    first_day = datetime.combine(settings.start_date, datetime.min.time())
-    train_start = max(start - timedelta(days=train_days or settings.train_days), first_day)
+    first_day = datetime.combine(settings.city.start_date, datetime.min.time())
+    train_start = max(start - timedelta(days=train_days or settings.training.train_days), first_day)
     t0 = time.perf_counter()
     fit = training.fit_forecaster(con, settings, train_start, start, num_rounds=num_rounds)
     t1 = time.perf_counter()
@@ -203,7 +101,7 @@ def run_info(run: BacktestRun, settings: PulseSettings, command: str = "") -> di
         "active_cells": len(fc.cells),
         "cells_with_requests": run.fit.cells_seen,
         "active_cell_demand_share": run.fit.demand_share,
-        "min_cell_daily_requests": settings.min_cell_daily_requests,
+        "min_cell_daily_requests": settings.training.min_cell_daily_requests,
         "service_types": fc.service_types,
         "horizons": fc.horizons,
         "num_rounds": fc.num_rounds,
@@ -240,13 +138,13 @@ def read_backtest(out: Path) -> dict[str, pd.DataFrame]:
 def actuals_for(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> pd.DataFrame:
     """Realised demand of each row's target bucket (rows whose bucket is not in the facts are left out)."""
     keys = frame[KEYS + ["target_start"]].copy()
-    keys["target_start"] = _utc(keys["target_start"]).dt.tz_localize(None)
+    keys["target_start"] = utc(keys["target_start"]).dt.tz_localize(None)
     got = con.execute(
         """SELECT k.hex_id, k.service_type, k.origin_ts, k.horizon_min, f.requests AS actual
            FROM keys k JOIN main.fct_demand_15min f
              ON f.hex_id = k.hex_id AND f.service_type = k.service_type AND f.bucket_start = k.target_start"""
     ).df()
-    got["origin_ts"] = _utc(got["origin_ts"])
+    got["origin_ts"] = utc(got["origin_ts"])
     return got
 
 
@@ -255,7 +153,7 @@ def truth_frame(settings: PulseSettings, frame: pd.DataFrame) -> pd.DataFrame | 
     if not settings.truth_path.exists():
         return None
     keys = frame[KEYS + ["target_start"]].copy()
-    keys["target_start"] = _utc(keys["target_start"])
+    keys["target_start"] = utc(keys["target_start"])
     lo, hi = keys["target_start"].min(), keys["target_start"].max()
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -269,76 +167,13 @@ def truth_frame(settings: PulseSettings, frame: pd.DataFrame) -> pd.DataFrame | 
     if got.empty:
         return None
     lam = np.clip(got["expected_requests"].to_numpy(float), 1e-12, None)
-    got["origin_ts"] = _utc(got["origin_ts"])
-    got["target_start"] = _utc(got["target_start"])
+    got["origin_ts"] = utc(got["origin_ts"])
+    got["target_start"] = utc(got["target_start"])
     got["p10"], got["p50"], got["p90"] = (stats.poisson.ppf(q, lam) for q in (0.1, 0.5, 0.9))
     return got[EXPORT_COLUMNS]
 
 
 # Scores ------------------------------------------------------------------------------------------------
-
-
-def pinball(actual: np.ndarray, quantile: np.ndarray, q: float) -> float:
-    d = np.asarray(actual, float) - np.asarray(quantile, float)
-    return float(np.mean(np.maximum(q * d, (q - 1) * d))) if d.size else float("nan")
-
-
-def score(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame) -> pd.DataFrame:
-    """Per forecaster and horizon, on the common rows: rows, MAE, RMSE, WAPE, bias, p10–p90 coverage, and
-    the mean pinball loss of p10/p50/p90 (``quantile_loss``). ``frames`` must hold ``model``."""
-    base = actuals[KEYS + ["actual"]].copy()
-    base["origin_ts"] = _utc(base["origin_ts"])
-    base = base[np.isfinite(base["actual"].to_numpy(float))]
-    model_rows = frames[MODEL][KEYS].assign(origin_ts=lambda f: _utc(f["origin_ts"]))
-    wide = base.merge(model_rows, on=KEYS, how="inner")
-    used, left_out = [], {}
-    for name, frame in frames.items():
-        part = frame[KEYS + ["p10", "p50", "p90"]].copy()
-        part["origin_ts"] = _utc(part["origin_ts"])
-        part = part.rename(columns={c: f"{c}__{name}" for c in ("p10", "p50", "p90")})
-        merged = wide.merge(part, on=KEYS, how="left")
-        covered = np.isfinite(merged[f"p50__{name}"].to_numpy(float)).mean() if len(merged) else 0.0
-        if name != MODEL and covered < MIN_COVERAGE:
-            left_out[name] = covered
-            continue
-        wide, used = merged, [*used, name]
-    ok = np.ones(len(wide), bool)
-    for name in used:
-        ok &= np.isfinite(wide[f"p50__{name}"].to_numpy(float))
-    wide = wide[ok]
-    out = []
-    for h, part in wide.groupby("horizon_min", sort=True):
-        a = part["actual"].to_numpy(float)
-        for name in used:
-            p10, p50, p90 = (part[f"{q}__{name}"].to_numpy(float) for q in ("p10", "p50", "p90"))
-            out.append(
-                {
-                    "forecaster": name,
-                    "horizon_min": int(h),
-                    "rows": len(a),
-                    **metrics.summary(a, p50, p10, p90),
-                    "quantile_loss": float(
-                        np.mean([pinball(a, p, q) for p, q in ((p10, 0.1), (p50, 0.5), (p90, 0.9))])
-                    ),
-                }
-            )
-    result = pd.DataFrame(out)
-    result.attrs["left_out"] = left_out
-    return result
-
-
-def scores_by_forecaster(scores: pd.DataFrame) -> dict[str, dict[int, dict[str, float]]]:
-    out: dict[str, dict[int, dict[str, float]]] = {}
-    for row in scores.to_dict("records"):
-        name, h = row.pop("forecaster"), int(row.pop("horizon_min"))
-        out.setdefault(name, {})[h] = {k: float(v) for k, v in row.items()}
-    return out
-
-
-def reference_baseline(scores: pd.DataFrame) -> str:
-    """The baseline promotion compares with: seasonal naive once the city has a week of history."""
-    present = set(scores["forecaster"]) if len(scores) else set()
-    return "seasonal_naive" if "seasonal_naive" in present else "last_value"
 
 
 def evaluate(out: Path, con: duckdb.DuckDBPyConnection, settings: PulseSettings) -> pd.DataFrame:

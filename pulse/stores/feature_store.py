@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pandas as pd
 
-from pulse.features import FEATURES, TIMESTAMP_FIELD
+from pulse.data.contract import FEATURES, TIMESTAMP_FIELD
 from pulse.settings import FEATURE_SERVICE, PROJECT_ROOT, PulseSettings
 
 if TYPE_CHECKING:
@@ -43,28 +43,11 @@ def open_store(settings: PulseSettings) -> FeatureStore:
     (registry, SQLite online store) resolve against."""
     from feast import FeatureStore
 
-    if settings.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
-        os.environ["FEAST_REDIS_CONNECTION"] = settings.redis_url.get_secret_value()
+    if settings.servers.redis_url:  # feature_store.production.yaml reads the connection (password included) from here
+        os.environ["FEAST_REDIS_CONNECTION"] = settings.servers.redis_url.get_secret_value()
     folder = settings.home / "feast"
     folder.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(folder), fs_yaml_file=Path(feature_store_yaml(settings)))
-
-
-def repository_objects(settings: PulseSettings) -> list:
-    """Feast objects of ``feature_repo/`` for the store of ``settings``, built now with its paths."""
-    from feature_repo import data_sources, entities, feature_services, feature_views
-
-    source = data_sources.demand_features_source(settings.feast_offline_dir)
-    view = feature_views.cell_service_demand_15min(source)
-    return [entities.cell, entities.service_type, source, view, feature_services.demand_forecast_v1(view)]
-
-
-def apply_repository(settings: PulseSettings) -> list[str]:
-    """`feast apply`, programmatically (the CLI costs ~13 s of start-up per call)."""
-    store = open_store(settings)
-    objects = repository_objects(settings)
-    store.apply(objects)
-    return [o.name for o in objects]
 
 
 def export_day(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> int:

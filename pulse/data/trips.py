@@ -7,7 +7,7 @@ the import's quarantine file with the first rule it breaks:
 
 * ``unparsable pickup time``: empty, or not a time in ``--ts-format`` (ISO 8601 when no format is given);
 * ``missing or unparsable coordinates`` / ``invalid coordinates`` (not finite, beyond ±90/±180, or 0,0) /
-  ``coordinates outside city bounds`` (``PULSE_LAT_MIN`` …);
+  ``coordinates outside city bounds`` (``PULSE_CITY__LAT_MIN`` …);
 * ``missing or unparsable service type`` (with ``--service-type-col``);
 * ``duplicate trip``: trip logs rarely carry an id, so a trip is identified by what it says, and a row
   identical to an earlier one in (pickup time, lat, lng, service type) is a duplicate. The accepted row's
@@ -36,9 +36,9 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from pulse.h3cells import cells_for_points
-from pulse.settings import CITY_FILE, PulseSettings
-from pulse.simulator import SCHEMAS
+from pulse.data.simulator import SCHEMAS
+from pulse.domain.cells import cells_for_points
+from pulse.settings import CITY_FILE, PulseSettings, renamed_variables
 
 REQUEST_COLUMNS = [f.name for f in SCHEMAS["ride_requests"]]
 
@@ -130,8 +130,8 @@ def import_trips(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(p)
-    res = settings.h3_resolution if h3_res is None else h3_res
-    st_value = settings.service_types[0] if service_type is None and not service_type_col else service_type
+    res = settings.city.h3_resolution if h3_res is None else h3_res
+    st_value = settings.city.service_types[0] if service_type is None and not service_type_col else service_type
 
     con = duckdb.connect()
     con.execute(f"SET TimeZone = '{timezone}'")
@@ -162,7 +162,7 @@ def import_trips(
                    TRY_CAST(trim(st_raw) AS DOUBLE) AS st_number
             FROM _raw"""
     )
-    b = settings
+    b = settings.city
     con.execute(
         f"""CREATE TEMP TABLE _checked AS
             SELECT *, CASE
@@ -258,27 +258,29 @@ def import_trips(
             "max": float(per_day.max())
         }
         city_settings = {
-            "PULSE_START_DATE": report.days[0].isoformat(),
-            "PULSE_H3_RESOLUTION": str(res),
-            "PULSE_SERVICE_TYPES": json.dumps(report.service_types),
-            "PULSE_TIMEZONE": timezone,
+            "PULSE_CITY__START_DATE": report.days[0].isoformat(),
+            "PULSE_CITY__H3_RESOLUTION": str(res),
+            "PULSE_CITY__SERVICE_TYPES": json.dumps(report.service_types),
+            "PULSE_CITY__TIMEZONE": timezone,
         }
         if city:
-            city_settings["PULSE_CITY"] = city
+            city_settings["PULSE_CITY__NAME"] = city
         report.city_file = write_city_file(settings.home, city_settings)
     con.close()
     return report
 
 
 def write_city_file(home: Path, values: dict[str, str]) -> Path:
-    """Merge ``values`` into ``home/city.env`` (dotenv lines ``PULSE_X=value``), keeping other keys."""
+    """Merge ``values`` into ``home/city.env`` (dotenv lines ``PULSE_GROUP__FIELD=value``), keeping other keys;
+    a key of the flat names settings had before their grouping is written under its new name."""
     path = Path(home) / CITY_FILE
+    renamed = renamed_variables()
     current: dict[str, str] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if "=" in line and not line.lstrip().startswith("#"):
                 key, value = line.split("=", 1)
-                current[key.strip()] = value.strip()
+                current[renamed.get(key.strip().upper(), key.strip())] = value.strip()
     current.update(values)
     body = "\n".join(f"{k}={v}" for k, v in sorted(current.items()))
     path.parent.mkdir(parents=True, exist_ok=True)

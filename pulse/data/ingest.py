@@ -7,9 +7,7 @@ are inserted, in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,8 +16,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pulse.h3cells import cell_ints_for_points, neighbours
+from pulse.domain.cells import cell_ints_for_points, neighbours
 from pulse.settings import PulseSettings
+from pulse.stores.warehouse import transaction
 
 
 class MissingColumnsError(ValueError):
@@ -147,25 +146,6 @@ def landing_file(settings: PulseSettings, table: str, day: date) -> Path:
     return settings.landing_dir / table / f"date={day.isoformat()}" / "part-0.parquet"
 
 
-def connect(settings: PulseSettings) -> duckdb.DuckDBPyConnection:
-    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(settings.warehouse_path))
-    con.execute("SET TimeZone = 'UTC'")
-    return con
-
-
-@contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Everything inside commits together or not at all: a partition is never half replaced."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-
-
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every raw table, empty, so a city with only trip logs still has the tables dbt reads."""
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
@@ -204,13 +184,13 @@ def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
         )
         rules.append(
             (
-                f"{lat} NOT BETWEEN {settings.lat_min} AND {settings.lat_max} "
-                f"OR {lng} NOT BETWEEN {settings.lng_min} AND {settings.lng_max}",
+                f"{lat} NOT BETWEEN {settings.city.lat_min} AND {settings.city.lat_max} "
+                f"OR {lng} NOT BETWEEN {settings.city.lng_min} AND {settings.city.lng_max}",
                 "coordinates outside city bounds",
             )
         )
     if c.has_service_type:
-        known = ", ".join(str(s) for s in settings.service_types)
+        known = ", ".join(str(s) for s in settings.city.service_types)
         rules.append((f"service_type NOT IN ({known})", "unknown service type"))
     for col, values in c.enums:
         allowed = ", ".join(f"'{v}'" for v in values)
@@ -280,7 +260,7 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         ).fetchnumpy()
         lat, lng = (np.asarray(points[col], dtype=np.float64) for col in ("lat", "lng"))
         with ThreadPoolExecutor(max_workers=1) as pool:
-            cells = pool.submit(cell_ints_for_points, lat, lng, settings.h3_resolution)
+            cells = pool.submit(cell_ints_for_points, lat, lng, settings.city.h3_resolution)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {checked}")
             hexes = pa.table({"_row": np.asarray(points["_row"], dtype=np.int64), "_cell": cells.result()})
     else:

@@ -27,7 +27,7 @@ import h3
 import numpy as np
 from scipy import stats
 
-from pulse.forecast_table import CellForecast, HorizonForecast
+from pulse.forecasts.forecast_table import CellForecast, HorizonForecast
 from pulse.settings import BUCKET_MINUTES
 
 

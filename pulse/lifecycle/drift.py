@@ -14,7 +14,7 @@
 All three are measured on the champion's population, the active cells and service types it was trained on:
 the other cells of ``dim_cells`` are in no reference and no backtest. A day "raises drift" when any of the
 three is severe. Tests of a single day's distribution against weeks of reference need rows: below
-``drift_min_rows`` rows the PSI/KS figures are reported but not judged (a day of one half-hourly series has
+``drift.min_rows`` rows the PSI/KS figures are reported but not judged (a day of one half-hourly series has
 48 autocorrelated values, far too few for either test).
 
 Pure pandas/numpy (plus MLflow for the artifacts): no Dagster, no Feast.
@@ -32,10 +32,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pulse import metrics
-from pulse.features import FEATURES
-from pulse.ingest import transaction
+from pulse.data.contract import FEATURES
+from pulse.domain import metrics
 from pulse.settings import PulseSettings
+from pulse.stores.warehouse import transaction
 
 Severity = Literal["none", "moderate", "severe"]
 SEVERITY_ORDER: dict[str, int] = {"none": 0, "moderate": 1, "severe": 2}
@@ -80,16 +80,16 @@ class Thresholds:
     @classmethod
     def from_settings(cls, s: PulseSettings) -> Thresholds:
         return cls(
-            psi_moderate=s.drift_psi_moderate,
-            psi_severe=s.drift_psi_severe,
-            ks_moderate=s.drift_ks_moderate,
-            ks_severe=s.drift_ks_severe,
-            null_rise_severe=s.drift_null_rise_severe,
-            min_rows=s.drift_min_rows,
-            severe_min_features=s.drift_severe_min_features,
-            wape_ratio_moderate=s.drift_wape_ratio_moderate,
-            wape_ratio_severe=s.drift_wape_ratio_severe,
-            volume_ratio_severe=s.drift_volume_ratio_severe,
+            psi_moderate=s.drift.psi_moderate,
+            psi_severe=s.drift.psi_severe,
+            ks_moderate=s.drift.ks_moderate,
+            ks_severe=s.drift.ks_severe,
+            null_rise_severe=s.drift.null_rise_severe,
+            min_rows=s.drift.min_rows,
+            severe_min_features=s.drift.severe_min_features,
+            wape_ratio_moderate=s.drift.wape_ratio_moderate,
+            wape_ratio_severe=s.drift.wape_ratio_severe,
+            volume_ratio_severe=s.drift.volume_ratio_severe,
         )
 
 

@@ -22,12 +22,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pulse import explain
-from pulse.climatology import Climatology, bucket_floor
-from pulse.forecasting import BadRequest, target_start
-from pulse.model import DemandForecaster, count_quantiles, design_matrix
+from pulse.domain import explain
+from pulse.domain.surge import surge_multipliers
+from pulse.model.climatology import Climatology, bucket_floor
+from pulse.model.forecaster import DemandForecaster, count_quantiles, design_matrix
+from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings
-from pulse.surge import surge_multipliers
 
 Source = Literal["model", "climatology"]
 log = logging.getLogger("pulse.forecast")
@@ -102,11 +102,11 @@ def reference_time(
 ) -> tuple[datetime, str | None]:
     """The table's "now" and, when the wall-clock check fails, the reason every cell is degraded."""
     newest = newest_feature or (climatology.newest if climatology else None)
-    if settings.max_store_lag_minutes is not None:
+    if settings.serving.max_store_lag_minutes is not None:
         lag = now - newest if newest else None
-        if lag is None or lag > timedelta(minutes=settings.max_store_lag_minutes):
+        if lag is None or lag > timedelta(minutes=settings.serving.max_store_lag_minutes):
             behind = "has no features" if lag is None else f"is {_minutes(lag)} behind the clock"
-            return bucket_floor(now), f"the online store {behind} (limit {settings.max_store_lag_minutes} min)"
+            return bucket_floor(now), f"the online store {behind} (limit {settings.serving.max_store_lag_minutes} min)"
         return newest, None
     return (newest or bucket_floor(now)), None
 
@@ -127,7 +127,7 @@ def build_table(
 
     ``features`` None means the online store could not be read (``store_error`` says why).
     """
-    horizons = list(forecaster.horizons) if forecaster else list(settings.horizons)
+    horizons = list(forecaster.horizons) if forecaster else list(settings.city.horizons)
     reasons: dict[tuple[str, int], str] = {}
     fresh = pd.DataFrame()
     if reason_all is None and forecaster is None:
@@ -140,7 +140,7 @@ def build_table(
         frame = features.set_index(["hex_id", "service_type"], drop=False)
         frame = frame[~frame.index.duplicated()].reindex(pd.MultiIndex.from_tuples(entities))
         present = frame["feature_ts"].notna() & frame["requests"].notna()
-        limit = timedelta(minutes=settings.max_feature_age_minutes)
+        limit = timedelta(minutes=settings.serving.max_feature_age_minutes)
         age = pd.Timestamp(reference) - frame["feature_ts"]
         stale = present & (age > limit)
         for key in frame.index[~present]:
@@ -153,7 +153,7 @@ def build_table(
     model_error = None
     if not fresh.empty:
         try:
-            cells.update(_model_forecasts(forecaster, fresh, horizons, settings.surge_elasticity))
+            cells.update(_model_forecasts(forecaster, fresh, horizons, settings.serving.surge_elasticity))
         except Exception as err:  # a model that cannot read today's features: fall back, never a 500
             model_error = f"the model cannot forecast from the online features: {type(err).__name__}: {err}"
             log.error(model_error)

@@ -1,6 +1,6 @@
 """Bulk reads of the Feast online store: every served cell's newest feature row in one call.
 
-The feature service contract stays Feast's (names from :mod:`pulse.features`, values written by Feast
+The feature service contract stays Feast's (names from :mod:`pulse.data.contract`, values written by Feast
 materialisation), but a server does not pay the SDK's ~5 ms per request: a background refresher calls
 ``get_online_features`` once for all (cell, service type) entities and keeps the result in memory.
 
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from pulse.features import FEATURE_NAMES
+from pulse.data.contract import FEATURE_NAMES
 from pulse.settings import FEATURE_SERVICE, PulseSettings
 
 
@@ -41,7 +41,7 @@ class FeatureSnapshot:
 
 def read_online_features(settings: PulseSettings, entities: list[tuple[str, int]]) -> FeatureSnapshot:
     """One ``get_online_features`` call for all ``entities``; raises whatever the store raises."""
-    from pulse.feature_store import open_store
+    from pulse.stores.feature_store import open_store
 
     store = open_store(settings)
     rows = [{"hex_id": h, "service_type": int(s)} for h, s in entities]

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pulse.model import DemandForecaster
-from pulse.registry import CHAMPION, LoadedModel
+from pulse.lifecycle.registry import CHAMPION, LoadedModel
+from pulse.model.forecaster import DemandForecaster
 from pulse.settings import MODEL_NAME, PulseSettings
 
 CACHE_FILE = "champion.json"
@@ -43,7 +43,7 @@ def configure_client(settings: PulseSettings) -> Callable[[], None]:
     function that puts the environment back (a server stopping inside a longer-lived process, e.g. tests)."""
     wanted = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.registry_timeout_seconds),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.serving.registry_timeout_seconds),
     }
     added = [k for k in wanted if k not in os.environ]
     for k in added:
@@ -58,7 +58,7 @@ def configure_client(settings: PulseSettings) -> Callable[[], None]:
 
 def champion_version(settings: PulseSettings) -> str:
     """The version behind ``@champion``; raises when the registry cannot say (unreachable, no alias)."""
-    from pulse.registry import client
+    from pulse.lifecycle.registry import client
 
     return str(client(settings).get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
 
@@ -81,7 +81,7 @@ def load_champion(settings: PulseSettings) -> tuple[LoadedModel, ModelInfo]:
 
 
 def _from_registry(settings: PulseSettings) -> tuple[LoadedModel, ModelInfo]:
-    from pulse.registry import client, load_alias
+    from pulse.lifecycle.registry import client, load_alias
 
     model = load_alias(settings, CHAMPION)
     run = client(settings).get_run(model.run_id)

@@ -1,15 +1,16 @@
 """Train a candidate on a trailing window of point-in-time features and register it in MLflow.
 
-The training rows are (active cell, service type, origin) triples. Their features come from the Feast
-feature service only (point-in-time: the newest row with feature_ts ≤ origin); their targets are the
-realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
+The training rows are (active cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
+come from the Feast feature service only (point-in-time: the newest row with feature_ts ≤ origin); their
+targets are the realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
 
 The window [start, end) is cut in three, in time order:
 
 * fit:         origins whose every target lies before the calibration start: the boosters learn here;
 * calibration: the next ``calibration_days``: the dispersion of the predictive distribution is fitted here;
-* holdout:     the last ``holdout_days``: a backtest (``pulse.backtest``) of the finished model and of the
-  baselines on every active cell and origin, the figures promotion compares.
+* holdout:     the last ``holdout_days``: the finished model and the baselines forecast every active cell and
+  origin and are scored there (``pulse.lifecycle.evaluation``, the code of a backtest), the figures promotion
+  compares.
 
 Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
 are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
@@ -30,11 +31,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pulse import drift, registry
-from pulse.feature_store import historical_features
-from pulse.features import FEATURE_NAMES
-from pulse.model import WEIGHT_COLUMN, DemandForecaster, target_bucket
+from pulse.data.contract import FEATURE_NAMES
+from pulse.lifecycle import drift, evaluation, registry
+from pulse.lifecycle.rows import attach_targets, entity_rows
+from pulse.model.forecaster import WEIGHT_COLUMN, DemandForecaster
 from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE, PulseSettings
+from pulse.stores.feature_store import historical_features
 
 BUCKET = timedelta(minutes=BUCKET_MINUTES)
 DAY = timedelta(days=1)
@@ -105,43 +107,10 @@ def active_cells(
            GROUP BY 1 HAVING sum(f.requests) > 0 ORDER BY 1""",
         [start, end],
     ).df()
-    keep = per_cell["n"] >= settings.min_cell_daily_requests * days
+    keep = per_cell["n"] >= settings.training.min_cell_daily_requests * days
     total = float(per_cell["n"].sum())
     share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
     return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
-
-
-def entity_rows(
-    con: duckdb.DuckDBPyConnection, settings: PulseSettings, ts: pd.DatetimeIndex, cells: list[str] | None = None
-) -> pd.DataFrame:
-    """Every (cell, service type, origin): ``cells`` or, by default, every cell of dim_cells."""
-    if cells is None:
-        cells = [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
-    grid = pd.MultiIndex.from_product(
-        [cells, list(settings.service_types), ts], names=["hex_id", "service_type", "event_timestamp"]
-    )
-    df = grid.to_frame(index=False)
-    df["service_type"] = df["service_type"].astype("int64")
-    return df
-
-
-def attach_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame, horizons: list[int]) -> pd.DataFrame:
-    """Add ``target_<h>``: requests in [origin + h − 15 min, origin + h); NaN where not yet observed."""
-    keys = rows[["hex_id", "service_type", "event_timestamp"]].copy()
-    keys["_i"] = np.arange(len(keys))
-    keys["event_timestamp"] = keys["event_timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
-    out = rows.copy()
-    for h in horizons:
-        k = target_bucket(h)
-        got = con.execute(
-            f"""SELECT k._i, f.requests FROM keys k JOIN main.fct_demand_15min f
-                ON f.hex_id = k.hex_id AND f.service_type = k.service_type
-               AND f.bucket_start = k.event_timestamp + INTERVAL {(k - 1) * BUCKET_MINUTES} MINUTE"""
-        ).df()
-        target = np.full(len(rows), np.nan)
-        target[got["_i"].to_numpy()] = got["requests"].to_numpy(float)
-        out[f"target_{h}"] = target
-    return out
 
 
 def series_levels(
@@ -183,25 +152,28 @@ def fit_forecaster(
 ) -> FitResult:
     """Train a forecaster on data in [start, end) only: active cells and levels from that window, boosters on
     origins whose targets end before the calibration start, dispersion on the calibration stretch after."""
-    horizons = list(settings.horizons)
+    horizons = list(settings.city.horizons)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data in {start}..{end}: need at least one day to train")
-    calibration_start = end - min(timedelta(days=settings.calibration_days), span / 4)
+    calibration_start = end - min(timedelta(days=settings.training.calibration_days), span / 4)
     cells, seen, share = active_cells(con, settings, start, end)
     if not cells:
         raise ValueError(
-            f"no active cell in {start}..{end}: no cell averaged {settings.min_cell_daily_requests} requests a day "
-            f"(PULSE_MIN_CELL_DAILY_REQUESTS)"
+            f"no active cell in {start}..{end}: no cell averaged {settings.training.min_cell_daily_requests} "
+            f"requests a day (PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS)"
         )
     last_h = timedelta(minutes=max(horizons))
     fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
     calib_rows = entity_rows(con, settings, origins(calibration_start - BUCKET, end - last_h), cells)
     fit_rows = sample_rows(
-        fit_rows, series_levels(con, cells, start, calibration_start), settings.max_training_rows, settings.seed
+        fit_rows,
+        series_levels(con, cells, start, calibration_start),
+        settings.training.max_training_rows,
+        settings.training.seed,
     )
     if len(calib_rows) > MAX_CALIBRATION_ROWS:
-        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.seed)
+        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.training.seed)
     calib_rows = calib_rows.assign(**{WEIGHT_COLUMN: 1.0})
     # One point-in-time retrieval for both parts: Feast's fixed cost is paid once.
     frame = historical_features(settings, pd.concat([fit_rows, calib_rows], ignore_index=True))
@@ -210,10 +182,10 @@ def fit_forecaster(
     train, calibration = frame[~is_calib].reset_index(drop=True), frame[is_calib].reset_index(drop=True)
     if train.empty or calibration.empty:
         raise ValueError(f"window {start}..{end} leaves no training or no calibration rows")
-    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.service_types))
+    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.city.service_types))
     if num_rounds is not None:
         forecaster.num_rounds = num_rounds
-    forecaster.fit(train, calibration, seed=settings.seed)
+    forecaster.fit(train, calibration, seed=settings.training.seed)
     return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share)
 
 
@@ -230,21 +202,19 @@ def train_candidate(
 ) -> TrainingReport:
     """Train on [window_end − train_days, holdout start), backtest on the holdout, log to MLflow, register a
     version and tag it challenger."""
-    from pulse import backtest  # backtest builds on this module
-
-    horizons = list(settings.horizons)
-    first_day = datetime.combine(settings.start_date, datetime.min.time())
+    horizons = list(settings.city.horizons)
+    first_day = datetime.combine(settings.city.start_date, datetime.min.time())
     end = min(window_end, data_end(con))
-    start = max(end - timedelta(days=settings.train_days), first_day)
+    start = max(end - timedelta(days=settings.training.train_days), first_day)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data before {window_end}: need at least one day to train")
-    holdout_start = end - min(timedelta(days=settings.holdout_days), span / 3)
+    holdout_start = end - min(timedelta(days=settings.training.holdout_days), span / 3)
     fit = fit_forecaster(con, settings, start, holdout_start, num_rounds=num_rounds)
     forecaster = fit.forecaster
-    result = backtest.forecast_window(con, settings, forecaster, holdout_start, end)
+    result = evaluation.forecast_window(con, settings, forecaster, holdout_start, end)
     holdout = result.features
-    scores = backtest.score(result.frames, result.actuals)
+    scores = evaluation.score(result.frames, result.actuals)
     if holdout.empty:
         raise ValueError(f"window {start}..{end} leaves no holdout rows")
 
@@ -252,8 +222,8 @@ def train_candidate(
         "", "", start, end, holdout_start, len(fit.train), len(holdout), calibration_start=fit.calibration_start
     )
     report.cells, report.cells_seen, report.demand_share = len(forecaster.cells), fit.cells_seen, fit.demand_share
-    report.backtest = backtest.scores_by_forecaster(scores)
-    report.baseline_name = backtest.reference_baseline(scores)
+    report.backtest = evaluation.scores_by_forecaster(scores)
+    report.baseline_name = evaluation.reference_baseline(scores)
     for h in horizons:
         report.holdout[h] = dict(report.backtest["model"][h])
         report.holdout[h]["pit_coverage_p10_p90"] = result.pit_coverage.get(h, float("nan"))
@@ -279,11 +249,11 @@ def train_candidate(
                 "train_rows": len(fit.train),
                 "calibration_rows": len(fit.calibration),
                 "holdout_rows": len(holdout),
-                "h3_resolution": settings.h3_resolution,
-                "timezone": settings.timezone,
+                "h3_resolution": settings.city.h3_resolution,
+                "timezone": settings.city.timezone,
                 "active_cells": len(forecaster.cells),
                 "cells_with_requests": fit.cells_seen,
-                "min_cell_daily_requests": settings.min_cell_daily_requests,
+                "min_cell_daily_requests": settings.training.min_cell_daily_requests,
                 "baseline": report.baseline_name,
             }
         )
@@ -299,8 +269,8 @@ def train_candidate(
                     )
         mlflow.log_dict({"features": forecaster.feature_names, "source_features": FEATURE_NAMES}, "features.json")
         # drift reference + samples for quality gates
-        drift.log_reference(_reference_frame(fit, settings.seed), holdout, seed=settings.seed)
-        mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city})
+        drift.log_reference(_reference_frame(fit, settings.training.seed), holdout, seed=settings.training.seed)
+        mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city.name})
         report.run_id = run.info.run_id
         report.version = registry.log_forecaster(forecaster, run.info.run_id)
     registry.set_alias(settings, registry.CHALLENGER, report.version)

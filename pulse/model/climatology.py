@@ -1,7 +1,7 @@
 """The 4-week time-of-week climatology: one definition for training, backtests, promotion and the serving fallback.
 
 Definition. The climatology of a target bucket (cell, service type, bucket start T) is the mean demand of the
-buckets starting at the same local time of week as T, on the city's clock (``PulseSettings.timezone``), 1, 2,
+buckets starting at the same local time of week as T, on the city's clock (``PulseSettings.city.timezone``), 1, 2,
 3 and 4 weeks earlier, over the buckets present. It exists once the bucket one week earlier is present (a
 city younger than a week has none). Where the clock fell back, a local time of week occurs twice that day and
 both its buckets count; where it sprang forward, the skipped local hour has no bucket.
@@ -9,7 +9,7 @@ both its buckets count; where it sprang forward, the skipped local hour has no b
 dbt computes this as ``tow_mean_4w_ahead_k`` of ``fct_demand_features_15min``, the climatology of the target
 k buckets after a feature row (found by the target's own local time, so a clock change between the row and
 its target does not move it; tests/test_climatology.py compares the two on a real build). Training reads it
-as a feature, ``pulse.baselines`` (backtests) and the promotion gate as the ``climatology_4w`` baseline.
+as a feature, ``pulse.model.baselines`` (backtests) and the promotion gate as the ``climatology_4w`` baseline.
 :func:`climatology_sql` is the same definition for callers that have the facts but no feature row: the serving
 fallback, which forecasts from the Feast offline Parquet export (``requests``; ``feature_ts`` is the bucket
 end) when a cell's online features are missing or stale.
@@ -32,7 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from pulse.model import count_quantiles
+from pulse.model.forecaster import count_quantiles
 from pulse.settings import BUCKET_MINUTES
 
 SLOTS_PER_DAY = 24 * 60 // BUCKET_MINUTES

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pulse.h3cells import cells_for_points, neighbours
+from pulse.domain.cells import cells_for_points, neighbours
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
 DAY_S = 86_400
@@ -224,10 +224,10 @@ class _City:
     """Static geography, demand model and fleet of one simulated city; pure functions of (seed, day)."""
 
     def __init__(self, settings: PulseSettings, config: CityConfig, start: date) -> None:
-        self.cfg, self.start, self.name = config, start, settings.city
-        self.services = np.array(settings.service_types, dtype=np.int64)
+        self.cfg, self.start, self.name = config, start, settings.city.name
+        self.services = np.array(settings.city.service_types, dtype=np.int64)
         self.tz = ZoneInfo(config.timezone)
-        res = settings.h3_resolution
+        res = settings.city.h3_resolution
         centre = h3.latlng_to_cell(config.center_lat, config.center_lng, res)
         self.cells = sorted(h3.grid_disk(centre, config.radius))
         self.index = {c: i for i, c in enumerate(self.cells)}
@@ -282,7 +282,7 @@ class _City:
             self.share[self.airport] = [0.65] + [0.35 / (S - 1)] * (S - 1)
 
         self._init_fleet()
-        self._init_raster(settings.h3_resolution)
+        self._init_raster(settings.city.h3_resolution)
 
     # geometry ------------------------------------------------------------------------------------------
     def _rng(self, stream: int, day: int) -> np.random.Generator:
@@ -656,12 +656,12 @@ def _write(table: pa.Table, path: Path) -> None:
 def simulate_city(
     settings: PulseSettings, config: CityConfig = CityConfig(), start: date | None = None
 ) -> SimulationSummary:
-    """Simulate ``config.days`` UTC days from ``start`` (default: ``settings.start_date``) into landing.
+    """Simulate ``config.days`` UTC days from ``start`` (default: ``settings.city.start_date``) into landing.
 
     Reruns overwrite the same files with byte-identical content. Partitions of days outside the simulated
     range are left alone, but the truth file is rewritten to cover exactly the simulated days.
     """
-    start = start or settings.start_date
+    start = start or settings.city.start_date
     city = _City(settings, config, start)
     fleet = city.new_fleet()
     C, S = len(city.cells), len(city.services)
@@ -691,7 +691,7 @@ def simulate_city(
                 "price_quotes": quotes,
                 "weather": {
                     "observed_at": (t0 + np.arange(24) * 3600) * US,
-                    "city": [settings.city] * 24,
+                    "city": [settings.city.name] * 24,
                     "temperature_c": temp,
                     "precipitation_mm": precip,
                 },
