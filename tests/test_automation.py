@@ -153,7 +153,8 @@ def test_a_failing_gate_is_a_blocking_check_that_stops_the_champion(quality):
     champion = registry.alias_version(settings, registry.CHAMPION)
     champions = len(city.instance.fetch_materializations(CHAMPION_KEY, limit=100).records)
     # The launchpad's promotion threshold: must beat the champion by 90%, which no candidate does.
-    tuned = {"resources": {"pulse": {"config": {"promotion": {"wape_tolerance": -0.9}}}}}
+    config = {"home": str(settings.home), "promotion": {"wape_tolerance": -0.9}}
+    tuned = {"resources": {"pulse": {"config": config}}}
     job = city.defs.resolve_job_def("retrain")
     result = job.execute_in_process(instance=city.instance, run_config=tuned, raise_on_error=False)
     assert not result.success

@@ -124,7 +124,7 @@ def test_pipeline_materialises_every_asset_with_row_counts(city):
 
 def test_champion_feast_registry_and_online_store_are_current_states(city):
     settings, defs, instance = city
-    from pulse import registry
+    from pulse.lifecycle import registry
 
     records = instance.fetch_materializations(CHAMPION, limit=10).records
     assert len(records) == 1  # one decision: the first candidate promoted over no champion
