@@ -21,6 +21,11 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+# Not exported by dagster: the record a check evaluation keeps of the materialisation it judged.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+
 from expectations import checks
 from expectations.runner import Validation
 from pulse.settings import PulseSettings
@@ -83,8 +88,25 @@ def per_day(
             description=r.description,
             blocking=True,
             partition=day.isoformat(),
+            target_materialization_data=_day_materialization(context.instance, key.asset_key, day),
         )
     yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
+
+
+def _day_materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, day: date
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The day's materialisation a result judges, as Dagster records it for a one-day check: the UI counts a
+    day's result only against the day's latest materialisation (without it every day shows as missing)."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[day.isoformat()]), limit=1
+    )
+    if not result.records:
+        return None
+    record = result.records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
 
 
 def raw_events_check(table: str) -> dg.AssetChecksDefinition:

@@ -24,6 +24,7 @@ def test_feature_lookback_is_declared_as_a_partition_mapping(tiny_home):
     mapping = graph.get_partition_mapping(features, facts)
     assert isinstance(mapping, dg.TimeWindowPartitionMapping)
     assert (mapping.start_offset, mapping.end_offset) == (-29, 0)  # what the SQL reads: start - 29 days
+    assert graph.get(features).group_name == "transform"  # its own meta.dagster keeps the project's group
 
 
 def test_every_asset_has_its_blocking_checks(tiny_home):

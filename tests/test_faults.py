@@ -138,6 +138,14 @@ def test_swapped_coordinates_are_stopped_in_a_backfill_from_the_first_day(qualit
     infos = city.instance.event_log_storage.get_asset_check_partition_info([key], partition_keys=days)
     status = {i.partition_key: i.latest_execution_status.value for i in infos}
     assert status == {d: "FAILED" if d == day.isoformat() else "SUCCEEDED" for d in days}, status
+    # ... and the check's partition view in the UI (its per-partition status, judged against each day's
+    # latest materialisation) says the same
+    from pulse_assets.partitions import daily_partitions
+
+    state = city.instance.event_log_storage.get_asset_check_state([(key, daily_partitions)])[key]
+    by_status = {s.value: set(subset.get_partition_keys()) for s, subset in state.subsets.items()}
+    assert by_status["FAILED"] == {day.isoformat()}
+    assert by_status["SUCCEEDED"] >= set(days) - {day.isoformat()}
     done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
     assert registry.alias_version(settings, registry.CHAMPION) == champion
