@@ -5,6 +5,9 @@
   and a changed day rebuilds the days whose lookback read it (the partition mappings say which).
 * ``FOLLOW`` — current-state assets (the online store, the backtest, the champion): refreshed after any of
   their inputs changed, once, never while an input is still being written.
+
+None of them runs on an input whose blocking check failed (for a day asset: on that day): a faulty day stops
+where it entered, in the automation as in the run that loaded it.
 * ``CODE`` — the Feast registry: applied when missing or when its code (the repository's files) changed.
 * ``RETRAIN`` — the candidate: one retrain after new data, at most one per cooldown (a cron tick must have
   passed since the last request), never while an input is in progress and never while a blocking check of an

@@ -17,8 +17,8 @@ from pulse_assets.resources import PulseResource, dbt_project, dbt_vars
 
 class PulseDbtTranslator(DagsterDbtTranslator):
     """Groups come from dbt `meta.dagster.group`, lookbacks from `meta.dagster.lookback_days` (parent → days
-    read before the row's day, declared as a `TimeWindowPartitionMapping`); every model is a day asset with
-    the `DAY` automation condition."""
+    read before the row's day, declared as a `TimeWindowPartitionMapping`); every model and seed below the
+    staging views is a day asset with the `DAY` automation condition."""
 
     def get_partition_mapping(
         self, dbt_resource_props: Mapping[str, Any], dbt_parent_resource_props: Mapping[str, Any]
@@ -28,6 +28,10 @@ class PulseDbtTranslator(DagsterDbtTranslator):
         return dg.TimeWindowPartitionMapping(start_offset=-int(days), end_offset=0) if days else None
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition | None:
+        # The staging views over the raw tables are part of a day's load (the landing sensor's run, which stops at
+        # a failing raw check); from the models on, a changed day flows down and through the lookbacks.
+        if dbt_resource_props.get("config", {}).get("materialized") == "view":
+            return None
         return DAY
 
     def get_metadata(self, dbt_resource_props: Mapping[str, Any]) -> Mapping[str, Any]:

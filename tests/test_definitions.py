@@ -11,9 +11,11 @@ def test_code_location_loads_with_day_assets_and_current_states(tiny_home):
     assert {"ingest", "transform", "features", "training", "promotion"} <= groups
     unpartitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None}
     assert unpartitioned == CURRENT_STATES
-    # every asset declares how it is kept up to date, except the raw tables, which the landing sensor loads
+    # every asset declares how it is kept up to date, except a day's load that the landing sensor requests: the raw
+    # tables and the staging views over them
     undeclared = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is None}
-    assert undeclared == {f"raw/{t}" for t in ("ride_requests", "driver_pings", "price_quotes", "weather", "events")}
+    tables = ("ride_requests", "driver_pings", "price_quotes", "weather", "events")
+    assert undeclared == {f"raw/{t}" for t in tables} | {f"stg_raw__{t}" for t in (*tables, "cell_neighbours")}
 
 
 def test_feature_lookback_is_declared_as_a_partition_mapping(tiny_home):
@@ -71,7 +73,7 @@ def test_job_selections(tiny_home):
     assert assets("daily_pipeline") == everything
     assert assets("retrain") == training
     ingest = assets("ingest_day")
-    assert ingest == everything - training  # a landing day loads everything but never trains
+    assert ingest == everything - training - {"feast/registry"}  # a landing day never trains nor applies Feast
     assert {"raw/ride_requests", "feast/online_features", "monitoring/model_drift", "clickhouse/facts_15min"} <= ingest
 
 
