@@ -145,7 +145,7 @@ def test_swapped_coordinates_are_stopped_in_a_backfill_from_the_first_day(qualit
     from pulse_assets.partitions import daily_partitions
 
     state = city.instance.event_log_storage.get_asset_check_state([(key, daily_partitions)])[key]
-    by_status = {s.value: set(subset.get_partition_keys()) for s, subset in state.subsets.items()}
+    by_status = {s.value: set(subset.value.get_partition_keys()) for s, subset in state.subsets.items()}
     assert by_status["FAILED"] == {day.isoformat()}
     assert by_status["SUCCEEDED"] >= set(days) - {day.isoformat()}
     done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
