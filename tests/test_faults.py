@@ -105,9 +105,8 @@ def test_faulty_day_is_stopped_by_the_right_check(quality, fault, caught_by, nam
     # Blocked downstream: nothing reached Feast, drift or training for the day.
     done = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SUCCESS"}
     assert not done & {"feast__online_features", "monitoring__input_drift", "monitoring__model_drift"}
-    # Dagster's automation neither carries the day on past its failing check nor retrains, a cooldown tick later
-    requested = city.requested(city.automate(minutes=11))
-    assert not requested & {"model/candidate", "fct_demand_features_15min", "feast/online_features"}, requested
+    # Dagster's automation does not retrain on the faulty day, a cooldown tick later
+    assert "model/candidate" not in city.requested(city.automate(minutes=11))
     assert registry.alias_version(settings, registry.CHAMPION) == champion
     assert registry.alias_version(settings, registry.CHALLENGER) == challenger
     assert snapshot(settings, day) == good, "rows of the good days changed"
