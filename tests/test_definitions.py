@@ -101,3 +101,14 @@ def test_a_code_location_per_city_from_configuration(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         firsts[city] = out.stdout.strip().splitlines()[-1]
     assert firsts == {"chicago": "2021-01-01", "nyc": "2014-07-01"}
+
+
+def test_retrain_cooldown_as_a_cron_schedule():
+    from pulse_assets.automation import cooldown_cron
+
+    assert cooldown_cron(10) == "*/10 * * * *"
+    assert cooldown_cron(7) == "*/6 * * * *"  # rounded down to a divisor of an hour
+    assert cooldown_cron(0) == "* * * * *"
+    assert cooldown_cron(90) == "0 */1 * * *"
+    assert cooldown_cron(300) == "0 */4 * * *"
+    assert cooldown_cron(2000) == "0 0 * * *"
