@@ -38,17 +38,24 @@ registry = lazy_module("pulse.lifecycle.registry")
 
 CANDIDATE = dg.AssetKey(["model", "candidate"])
 CANDIDATE_IN = {"candidate": dg.AssetIn(key=CANDIDATE)}
+# Gate (as `pulse/lifecycle/promotion.py` names it) → its check on the candidate, and what passing means.
 GATES = {
-    "input_checks": "Every day check of the training window's raw events, facts and features passed.",
-    "backtest_vs_champion": "WAPE on its own held-out rows no worse than the champion's on the same rows.",
-    "better_than_climatology": "WAPE below the 4-week time-of-week climatology on the same rows.",
-    "input_drift": "No unresolved severe input drift on the days it adds to the champion's history.",
-}
-GATE_CHECK = {
-    "input_checks": "gate_input_checks",
-    "backtest_vs_champion": "gate_beats_champion",
-    "better_than_climatology": "gate_beats_climatology",
-    "input_drift": "gate_input_drift",
+    "input_checks": (
+        "gate_input_checks",
+        "Every day check of the training window's raw events, facts and features passed.",
+    ),
+    "backtest_vs_champion": (
+        "gate_beats_champion",
+        "WAPE on its own held-out rows no worse than the champion's on the same rows.",
+    ),
+    "better_than_climatology": (
+        "gate_beats_climatology",
+        "WAPE below the 4-week time-of-week climatology on the same rows.",
+    ),
+    "input_drift": (
+        "gate_input_drift",
+        "No unresolved severe input drift on the days it adds to the champion's history.",
+    ),
 }
 
 
@@ -91,8 +98,8 @@ def candidate_forecasts_check(pulse: PulseResource, candidate: Candidate) -> dg.
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec(GATE_CHECK[gate], asset=CANDIDATE, blocking=True, description=text)
-        for gate, text in GATES.items()
+        dg.AssetCheckSpec(check_name, asset=CANDIDATE, blocking=True, description=text)
+        for check_name, text in GATES.values()
     ],
     ins=CANDIDATE_IN,
     name="promotion_gates",
@@ -119,7 +126,7 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
         "window_end": candidate.window_end.isoformat(),
         "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
     }
-    for gate, check_name in GATE_CHECK.items():
+    for gate, (check_name, _) in GATES.items():
         g = by_name.get(gate) or by_name["already_champion"]  # a rerun on the champion itself passes every gate
         own = {k: v for k, v in figures.items() if _figure_of(k) == gate}
         yield dg.AssetCheckResult(
