@@ -22,6 +22,7 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
                 reposition_cost_per_min, max_feature_age_minutes, max_store_lag_minutes,
                 feature_refresh_seconds, store_grace_seconds, model_poll_seconds, registry_timeout_seconds,
                 batch_limit, forecast_fast_path
+``live``        enabled, settle_seconds, latency_budget_seconds, micro_batch_seconds
 ==============  ========================================================================================
 
 The Dagster resource (``pulse_assets.resources.PulseResource``) exposes ``quality``, ``drift``, ``promotion``
@@ -163,13 +164,28 @@ class ServingSettings(BaseModel):
     reposition_max_k: int = Field(default=3, ge=1, le=10, description="Repositioning targets: cells within k steps.")
     reposition_cost_per_min: float = Field(default=0.02, ge=0, description="Rides lost per minute driving empty.")
     max_feature_age_minutes: int = Field(default=60, ge=0, description="Older than the store's newest: degraded.")
-    max_store_lag_minutes: int | None = Field(default=None, ge=0, description="Wall-clock check; None = off.")
+    max_store_lag_minutes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Clock check of the store's newest row; None = one bucket in production and live, off else.",
+    )
     feature_refresh_seconds: float = Field(default=15.0, gt=0, description="How often the online store is re-read.")
     store_grace_seconds: float = Field(default=30.0, ge=0, description="Store down this long: climatology.")
     model_poll_seconds: float = Field(default=10.0, gt=0, le=30, description="How often alias champion is checked.")
     registry_timeout_seconds: int = Field(default=5, ge=1, description="MLflow HTTP timeout while serving.")
     batch_limit: int = Field(default=5000, ge=1, description="Most cells in one /v1/forecast/batch call (413 above).")
     forecast_fast_path: bool = Field(default=True, description="Repeated /v1/forecast queries skip FastAPI routing.")
+
+
+class LiveSettings(BaseModel):
+    """The bucket clock (README "Live"): a closed 15-minute bucket reaches the forecasts within the budget."""
+
+    enabled: bool = Field(default=False, description="Live mode: the city clock drives serving (set by pulse live).")
+    settle_seconds: float = Field(
+        default=60.0, ge=0, description="Events of a bucket arriving this long after its close still belong to it."
+    )
+    latency_budget_seconds: float = Field(default=60.0, gt=0, description="Bucket close to the API answering it.")
+    micro_batch_seconds: float = Field(default=60.0, gt=0, description="City seconds per simulated micro-batch.")
 
 
 # Each group's model, and the flat name each of its fields had before the grouping (for the error on old names).
@@ -181,8 +197,10 @@ GROUPS: dict[str, type[BaseModel]] = {
     "promotion": PromotionSettings,
     "servers": ServerSettings,
     "serving": ServingSettings,
+    "live": LiveSettings,
 }
 _OLD_NAMES = {("city", "name"): "city", ("promotion", "wape_tolerance"): "promotion_wape_tolerance"}
+_GROUPED_SINCE_START = {"live"}  # groups that never had flat names
 
 
 def env_name(group: str, field: str) -> str:
@@ -194,6 +212,8 @@ def renamed_variables() -> dict[str, str]:
     """Old flat variable → its grouped name (``PULSE_TRAIN_DAYS`` → ``PULSE_TRAINING__TRAIN_DAYS``)."""
     out = {}
     for group, model in GROUPS.items():
+        if group in _GROUPED_SINCE_START:
+            continue
         for field in model.model_fields:
             old = _OLD_NAMES.get((group, field), f"drift_{field}" if group == "drift" else field)
             out[f"{ENV_PREFIX}{old}".upper()] = env_name(group, field)
@@ -226,6 +246,7 @@ class PulseSettings(BaseSettings):
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     servers: ServerSettings = Field(default_factory=ServerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    live: LiveSettings = Field(default_factory=LiveSettings)
 
     @field_validator("home")
     @classmethod
@@ -252,6 +273,18 @@ class PulseSettings(BaseSettings):
     @cached_property
     def truth_path(self) -> Path:
         return self.landing_dir / "truth" / "expected_demand.parquet"
+
+    @cached_property
+    def live_dir(self) -> Path:
+        """The bucket clock's state: the city clock of a live demo, the published bucket, each update's status."""
+        return self.home / "live"
+
+    @property
+    def store_lag_limit_minutes(self) -> int | None:
+        """The clock check of the online store: set, or one bucket where the clock is real (production, live)."""
+        if self.serving.max_store_lag_minutes is not None:
+            return self.serving.max_store_lag_minutes
+        return BUCKET_MINUTES if (self.profile == "production" or self.live.enabled) else None
 
     @cached_property
     def warehouse_path(self) -> Path:

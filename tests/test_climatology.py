@@ -22,11 +22,12 @@ from dbt.cli.main import dbtRunner
 
 from pulse.data import ingest
 from pulse.domain import metrics
+from pulse.domain.clock import bucket_floor
 from pulse.forecasts.forecast_table import build_table, reference_time
 from pulse.lifecycle import promotion
 from pulse.lifecycle.rows import attach_targets
 from pulse.model import baselines
-from pulse.model.climatology import Climatology, bucket_floor, climatology_sql
+from pulse.model.climatology import Climatology, climatology_sql
 from pulse.model.forecaster import DemandForecaster
 from pulse.settings import PulseSettings
 from pulse.stores import feature_store, warehouse

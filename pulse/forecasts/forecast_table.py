@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from pulse.domain import explain
+from pulse.domain.clock import bucket_floor
 from pulse.domain.surge import surge_multipliers
-from pulse.model.climatology import Climatology, bucket_floor
+from pulse.model.climatology import Climatology
 from pulse.model.forecaster import DemandForecaster, count_quantiles, design_matrix
 from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings

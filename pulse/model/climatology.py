@@ -194,9 +194,3 @@ def _fill(
     for hex_id, service_type, slot, mean in weekly:
         out[(hex_id, int(service_type))][int(slot)] = mean
     return out
-
-
-def bucket_floor(ts: datetime) -> datetime:
-    """The bucket boundary at or before ``ts``."""
-    minutes = ts.minute - ts.minute % BUCKET_MINUTES
-    return ts.replace(minute=minutes, second=0, microsecond=0)
