@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from expectations.runner import Validation, load_suite_json, validate
-from pulse.data import ingest
+from pulse.data import ingest, landing
 from pulse.data.contract import FEATURE_NAMES
 from pulse.settings import PulseSettings
 
@@ -97,11 +97,17 @@ def null_floors(
 
 
 def ingest_summary(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, days: list[date]):
-    """One row per day: rows in the landing file, accepted into raw, quarantined (with the reasons)."""
+    """One row per day: rows in the landing parts, accepted into raw, quarantined (with the reasons). A part that
+    could not be read counts as one row read and quarantined."""
     rows = []
     for day in sorted(days):
-        path = ingest.landing_file(settings, table, day)
-        read = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0] if path.exists() else 0
+        paths = landing.part_files(settings, table, day)
+        files = ", ".join(f"'{p}'" for p in paths)
+        read = con.execute(f"SELECT count(*) FROM read_parquet([{files}])").fetchone()[0] if paths else 0
+        read += con.execute(
+            "SELECT count(*) FROM raw.quarantine WHERE table_name = ? AND event_date = ? AND reason = ?",
+            [table, day, ingest.UNREADABLE_PART],
+        ).fetchone()[0]
         accepted = con.execute(f"SELECT count(*) FROM raw.{table} WHERE event_date = ?", [day]).fetchone()[0]
         reasons = dict(
             con.execute(

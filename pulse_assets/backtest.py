@@ -53,7 +53,7 @@ def model_backtest(
     forecaster = promotion.load_version(settings, candidate.version)
     c = registry.client(settings)
     start, end, train_start = candidate.holdout_start, candidate.window_end, candidate.window_start
-    with warehouse.connect(settings) as con:
+    with warehouse.snapshot(settings) as con:  # the writer stays free while it works
         result = evaluation.forecast_window(con, settings, forecaster, start, end)
         frames = dict(result.frames)
         truth = backtest.truth_frame(settings, frames[evaluation.MODEL])

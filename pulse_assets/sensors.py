@@ -17,12 +17,14 @@ import hashlib
 import json
 import os
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 
-from pulse.data.ingest import CONTRACTS, landing_file
+from pulse.data import landing
+from pulse.data.ingest import CONTRACTS
+from pulse.domain.clock import city_clock
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.fact_store import clickhouse_facts
@@ -64,11 +66,14 @@ def _content_hash(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def landing_state(settings: PulseSettings, known: dict[str, dict] | None = None) -> dict[date, dict]:
-    """Per landing day with a ride_requests file: ``files`` (per table its file's stat key and content hash),
-    ``fingerprint`` (of the contents only) and ``landed_at`` (newest change time of its files). A file whose
-    stat key is the one in ``known`` (day → files, from the sensor's cursor) keeps its hash: only new or
-    rewritten files are read."""
+def landing_state(
+    settings: PulseSettings, known: dict[str, dict] | None = None, complete_before: datetime | None = None
+) -> dict[date, dict]:
+    """Per landing day with ride_requests parts: ``files`` (per table the stat keys and a content hash of its
+    parts), ``fingerprint`` (of the contents only) and ``landed_at`` (newest change time of its files). A table
+    whose stat keys are the ones in ``known`` (day → files, from the sensor's cursor) keeps its hash: only new
+    or rewritten files are read. Days ending after ``complete_before`` are still running on the city clock (the
+    bucket clock takes them in) and are left out."""
     out: dict[date, dict] = {}
     known = known or {}
     for folder in sorted((settings.landing_dir / "ride_requests").glob("date=*")):
@@ -76,17 +81,22 @@ def landing_state(settings: PulseSettings, known: dict[str, dict] | None = None)
             day = date.fromisoformat(folder.name.split("=", 1)[1])
         except ValueError:
             continue
-        paths = {t: p for t in CONTRACTS if (p := landing_file(settings, t, day)).exists()}
-        if "ride_requests" not in paths:
+        if complete_before is not None and datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) > (
+            complete_before
+        ):
+            continue
+        parts = {t: found for t in CONTRACTS if (found := landing.part_files(settings, t, day))}
+        if "ride_requests" not in parts:
             continue
         before = known.get(day.isoformat(), {})
         files, landed_at = {}, 0.0
-        for table, path in paths.items():
-            st = path.stat()
-            stat = _stat_key(st)
+        for table, paths in parts.items():
+            stats = [p.stat() for p in paths]
+            stat = ",".join(_stat_key(st) for st in stats)
             old = before.get(table, {})
-            files[table] = {"stat": stat, "hash": old["hash"] if old.get("stat") == stat else _content_hash(path)}
-            landed_at = max(landed_at, st.st_ctime)  # ctime ≥ mtime, and cannot be set back
+            digest = old["hash"] if old.get("stat") == stat else "+".join(_content_hash(p) for p in paths)
+            files[table] = {"stat": stat, "hash": digest}
+            landed_at = max(landed_at, *(st.st_ctime for st in stats))  # ctime ≥ mtime, and cannot be set back
         contents = "".join(f"{t}={f['hash']};" for t, f in sorted(files.items()))
         out[day] = {
             "files": files,
@@ -125,7 +135,9 @@ def landing_sensor(context: dg.SensorEvaluationContext, pulse: PulseResource):
     seen: dict[str, str] = cursor.get("seen", {})  # day -> fingerprint of the contents loaded or requested
     partitions = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
     now = time.time()
-    state = landing_state(settings, cursor.get("files"))
+    # A day is whole once the city clock passed its end and the settle time of its last bucket.
+    settled = city_clock(settings).now() - timedelta(seconds=settings.live.settle_seconds)
+    state = landing_state(settings, cursor.get("files"), complete_before=settled)
     todo: dict[date, str] = {}
     waiting, outside = [], []
     for day, landed in state.items():

@@ -43,7 +43,7 @@ def model_candidate(context: dg.AssetExecutionContext, config: CandidateConfig, 
     `pulse-demand-forecast` with alias `challenger`. Every materialisation is a new version, named in its
     metadata; the promotion gates are this asset's checks."""
     settings = pulse.settings()
-    with warehouse.connect(settings) as con:
+    with warehouse.snapshot(settings) as con:  # never holds the writer while it trains
         if config.window_end:
             end = datetime.combine(date.fromisoformat(config.window_end) + timedelta(days=1), datetime.min.time())
         else:

@@ -65,10 +65,12 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     if not selection or any(key.path[0] == "feast" for key in selection):
         feature_store.import_in_background()  # overlaps dbt's subprocess; the feature stage needs Feast next
     # dagster-dbt gives the invocation its own target folder and copies the project's prepared parse into it.
-    with _environment(window):  # the dbt subprocess copies the environment when it starts
-        invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
-    # dbt holds the DuckDB write lock until it exits, so row counts are read after the invocation ends.
-    events = list(invocation.stream())
+    # dbt's process writes the warehouse: it runs under the city's writer lock, and row counts are read after it
+    # exits (it holds DuckDB's file until then).
+    with warehouse.writer(settings):
+        with _environment(window):  # the dbt subprocess copies the environment when it starts
+            invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
+        events = list(invocation.stream())
     with warehouse.connect(settings) as con:
         for event in events:
             if isinstance(event, dg.Output):

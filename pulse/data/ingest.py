@@ -7,18 +7,22 @@ are inserted, in one transaction.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from pulse.data import landing
 from pulse.domain.cells import cell_ints_for_points, neighbours
-from pulse.settings import PulseSettings
+from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.warehouse import transaction
+
+UNREADABLE_PART = "unreadable part file"
 
 
 class MissingColumnsError(ValueError):
@@ -140,10 +144,12 @@ class IngestResult:
     accepted: int
     quarantined: int
     reasons: dict[str, int]
+    late: int = 0  # a running day's rows past their bucket's settle time, left to the whole-day load
 
 
 def landing_file(settings: PulseSettings, table: str, day: date) -> Path:
-    return settings.landing_dir / table / f"date={day.isoformat()}" / "part-0.parquet"
+    """The whole-day part of a landing day (micro-batches land beside it: :mod:`pulse.data.landing`)."""
+    return landing.day_folder(settings, table, day) / landing.WHOLE_DAY_PART
 
 
 def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -157,13 +163,23 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         "CREATE TABLE IF NOT EXISTS raw.quarantine (table_name VARCHAR, event_date DATE, reason VARCHAR, record JSON)"
     )
     con.execute("CREATE TABLE IF NOT EXISTS raw.cell_neighbours (hex_id VARCHAR, neighbour_id VARCHAR, ring INTEGER)")
+    # The micro-batches a running day has taken in (the bucket clock), and the rows that came after their
+    # bucket had settled: those wait in the landing zone for the day's whole-day load.
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS raw.landed_parts (table_name VARCHAR, event_date DATE, part VARCHAR, "
+        "arrived_at TIMESTAMP, rows_read BIGINT, accepted BIGINT, quarantined BIGINT, late BIGINT)"
+    )
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS raw.late_rows (table_name VARCHAR, event_date DATE, part VARCHAR, "
+        "bucket_start TIMESTAMP, rows BIGINT)"
+    )
 
 
 def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
     """One CASE expression naming the first rule a row breaks (NULL = the row is accepted).
 
-    The duplicate rule reads ``_dup_first``: the first file row holding the row's id, set only for ids that
-    occur more than once (see ``ingest_partition``)."""
+    The duplicate rule reads ``_dup_first``: the first row holding the row's id, set only for ids that occur
+    more than once (see :func:`_check`), 0 for an id the raw table already holds for the day."""
     start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
     rules: list[tuple[str, str]] = [(f"{col} IS NULL", f"null {col}") for col in c.required if col != c.ts_col]
     rules.insert(0, (f"{c.ts_col} IS NULL", f"null or unparsable {c.ts_col}"))
@@ -212,23 +228,32 @@ def _try_cast(col: str, typ: str) -> str:
     return f"TRY_CAST({col} AS {typ}) AS {col}"
 
 
-def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, day: date) -> IngestResult:
-    """Validate one landing day file of ``table`` and load it; raises MissingColumnsError on a broken schema."""
+# A row's position: its part's index in the load's list × 2^32 + its row in that part (1-based), so rows of
+# several parts keep one order (the parts' arrival order) and a refused record can be found again.
+_PART_STRIDE = 1 << 32
+
+
+def _check(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, day: date, paths: list[Path], append: bool
+) -> pa.Table:
+    """Read ``paths`` (parts of one landing day) into the temp view ``_landing`` and the temp table ``_checked``
+    (every row with its ``_reason``, NULL when accepted); returns the rows' H3 cells (``_row``, ``_cell``).
+    ``append``: ids already in the raw table for the day count as duplicates (a running day's later parts)."""
     c = CONTRACTS[table]
-    ensure_raw_schema(con)
-    path = landing_file(settings, table, day)
     con.execute("DROP VIEW IF EXISTS _landing")
-    if path.exists():
-        # _row is the row's position in the file (1-based): it joins results back and locates a refused
-        # record. A view: the file is scanned where it is needed, never copied whole into a temp table.
+    if paths:
+        files = ", ".join(f"'{p}'" for p in paths)
+        index = " ".join(f"WHEN '{p}' THEN {i}" for i, p in enumerate(paths))
+        # A view: the files are scanned where they are needed, never copied whole into a temp table.
         con.execute(
-            "CREATE TEMP VIEW _landing AS SELECT file_row_number + 1 AS _row, * EXCLUDE (file_row_number) "
-            f"FROM read_parquet('{path}', file_row_number = true)"
+            f"CREATE TEMP VIEW _landing AS SELECT (CASE filename {index} END) * {_PART_STRIDE} + file_row_number + 1 "
+            f"AS _row, * EXCLUDE (file_row_number, filename) "
+            f"FROM read_parquet([{files}], file_row_number = true, filename = true, union_by_name = true)"
         )
         present = {r[0] for r in con.execute("DESCRIBE _landing").fetchall()} - {"_row"}
         missing = sorted(set(c.required) - present)
         if missing:
-            raise MissingColumnsError(f"{path} lacks required column(s) {missing} of the {table} contract")
+            raise MissingColumnsError(f"{paths[0].parent} lacks required column(s) {missing} of the {table} contract")
         # Casts are TRY_CASTs so an unparsable value becomes NULL and is quarantined by the null rules.
         # Timestamps: tz-aware values are converted to UTC, naive ones are taken to be UTC already.
         select = ", ".join(
@@ -240,16 +265,22 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
     if c.id_col:
         # Duplicate ids by a hash aggregate (parallel) instead of a window over every row: only ids seen more
         # than once get their first row number, and later rows with that id are refused.
+        loaded = (
+            f"UNION ALL SELECT {c.id_col}, 0 FROM raw.{table} WHERE event_date = DATE '{day}' "
+            f"AND {c.id_col} IN (SELECT {c.id_col} FROM cast_rows)"
+            if append
+            else ""
+        )
         checked = (
             f"WITH cast_rows AS (SELECT _row, {select} FROM _landing), "
-            f"dups AS (SELECT {c.id_col} AS _dup_id, min(_row) AS _dup_first FROM cast_rows "
-            f"WHERE {c.id_col} IS NOT NULL GROUP BY 1 HAVING count(*) > 1) "
+            f"ids AS (SELECT {c.id_col} AS _dup_id, _row FROM cast_rows WHERE {c.id_col} IS NOT NULL {loaded}), "
+            f"dups AS (SELECT _dup_id, min(_row) AS _dup_first FROM ids GROUP BY 1 HAVING count(*) > 1) "
             f"SELECT cast_rows.*, {_reason_sql(c, settings, day)} AS _reason "
             f"FROM cast_rows LEFT JOIN dups ON dups._dup_id = cast_rows.{c.id_col}"
         )
     else:
         checked = f"SELECT *, {_reason_sql(c, settings, day)} AS _reason FROM (SELECT _row, {select} FROM _landing)"
-    if c.lat_col and path.exists():
+    if c.lat_col and paths:
         # H3 in Python over numpy arrays, as 64-bit cells, in a thread while DuckDB validates in this one: the
         # H3 loop holds the GIL, DuckDB's query releases it, so the two share the machine's cores. Every row
         # with finite in-range coordinates gets its cell (those later refused are simply not joined);
@@ -262,40 +293,130 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         with ThreadPoolExecutor(max_workers=1) as pool:
             cells = pool.submit(cell_ints_for_points, lat, lng, settings.city.h3_resolution)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {checked}")
-            hexes = pa.table({"_row": np.asarray(points["_row"], dtype=np.int64), "_cell": cells.result()})
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {checked}")
-        hexes = pa.table({"_row": pa.array([], pa.int64()), "_cell": pa.array([], pa.uint64())})
-    read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
-    reasons = dict(
-        con.execute("SELECT _reason, count(*) FROM _checked WHERE _reason IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
-    )
+            return pa.table({"_row": np.asarray(points["_row"], dtype=np.int64), "_cell": cells.result()})
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _checked AS {checked}")
+    return pa.table({"_row": pa.array([], pa.int64()), "_cell": pa.array([], pa.uint64())})
 
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, day: date, hexes: pa.Table, where: str) -> int:
+    """Insert the accepted rows of ``_checked`` matching ``where`` into the raw table; returns their count."""
+    c = CONTRACTS[table]
     names = ", ".join(c.columns)
     hex_col, hex_join = "", ""
     if c.lat_col:
         con.register("_hexes", hexes)
         hex_col = ", CASE WHEN h._cell <> 0 THEN lower(hex(h._cell)) END AS hex_id"
         hex_join = "JOIN _hexes h USING (_row)"
-
     try:
-        with transaction(con):
-            con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
-            accepted = con.execute(
-                f"INSERT INTO raw.{table} BY NAME SELECT {names}{hex_col}, DATE '{day}' AS event_date "
-                f"FROM _checked {hex_join} WHERE _reason IS NULL ORDER BY _row"
-            ).fetchone()[0]
-            con.execute("DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ?", [table, day])
-            if reasons:  # the file is read again only when there is something to quarantine
-                con.execute(
-                    "INSERT INTO raw.quarantine SELECT ?, ?, q._reason, to_json(l) "
-                    "FROM _checked q JOIN _landing l USING (_row) WHERE q._reason IS NOT NULL",
-                    [table, day],
-                )
+        return con.execute(
+            f"INSERT INTO raw.{table} BY NAME SELECT {names}{hex_col}, DATE '{day}' AS event_date "
+            f"FROM _checked {hex_join} WHERE _reason IS NULL AND {where} ORDER BY _row"
+        ).fetchone()[0]
     finally:
         if c.lat_col:
             con.unregister("_hexes")
-    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons)
+
+
+def _quarantine(con: duckdb.DuckDBPyConnection, table: str, day: date) -> None:
+    con.execute(
+        "INSERT INTO raw.quarantine SELECT ?, ?, q._reason, to_json(l) "
+        "FROM _checked q JOIN _landing l USING (_row) WHERE q._reason IS NOT NULL",
+        [table, day],
+    )
+
+
+def _reasons(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return dict(
+        con.execute("SELECT _reason, count(*) FROM _checked WHERE _reason IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
+    )
+
+
+def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, day: date) -> IngestResult:
+    """Validate every part of a landing day and load the day (its rows replace the day's); raises
+    MissingColumnsError on a broken schema. Rows the bucket clock held back as late enter here."""
+    ensure_raw_schema(con)
+    hexes = _check(con, settings, table, day, landing.part_files(settings, table, day), append=False)
+    read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
+    reasons = _reasons(con)
+    with transaction(con):
+        con.execute(f"DELETE FROM raw.{table} WHERE event_date = ?", [day])
+        accepted = _insert(con, table, day, hexes, "true")
+        con.execute(
+            "DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ? AND reason <> ?",
+            [table, day, UNREADABLE_PART],
+        )
+        if reasons:  # the file is read again only when there is something to quarantine
+            _quarantine(con, table, day)
+    late = con.execute(
+        "SELECT coalesce(sum(late), 0) FROM raw.landed_parts WHERE table_name = ? AND event_date = ?", [table, day]
+    ).fetchone()[0]
+    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons, late=int(late))
+
+
+def ingest_parts(
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    table: str,
+    day: date,
+    arrivals: dict[Path, datetime],
+    settled_before: datetime,
+) -> IngestResult:
+    """Append new parts of a running day (part → arrival on the city clock) under the same contract: accepted
+    rows go to the raw table, refused ones to quarantine, and rows whose bucket had settled when their part
+    arrived (bucket end + settle time before the arrival, or a bucket ending before ``settled_before``, one
+    already published) are late: counted, and left to the day's whole-day load. One transaction, which
+    also records the parts as taken in, so a part is never read twice."""
+    c = CONTRACTS[table]
+    ensure_raw_schema(con)
+    paths = sorted(arrivals)
+    hexes = _check(con, settings, table, day, paths, append=True)
+    settle = settings.live.settle_seconds
+    arrived = " ".join(f"WHEN {i} THEN TIMESTAMP '{arrivals[p]:%Y-%m-%d %H:%M:%S.%f}'" for i, p in enumerate(paths))
+    bucket = f"time_bucket(INTERVAL {BUCKET_MINUTES} MINUTE, {c.ts_col})"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _late AS SELECT _row, {bucket} AS bucket_start FROM _checked "
+        f"WHERE _reason IS NULL AND ({bucket} + INTERVAL {BUCKET_MINUTES} MINUTE + INTERVAL {settle} SECOND "
+        f"< (CASE _row // {_PART_STRIDE} {arrived} END) "
+        f"OR {bucket} + INTERVAL {BUCKET_MINUTES} MINUTE <= TIMESTAMP '{settled_before:%Y-%m-%d %H:%M:%S}')"
+        if c.ts_col != "starts_at"  # the event schedule is published ahead: never late
+        else "CREATE OR REPLACE TEMP TABLE _late AS SELECT 0::BIGINT AS _row, NULL::TIMESTAMP AS bucket_start LIMIT 0"
+    )
+    read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
+    reasons = _reasons(con)
+    per_part = con.execute(
+        f"SELECT _row // {_PART_STRIDE}, count(*), count(*) FILTER (_reason IS NULL AND _row NOT IN "
+        f"(SELECT _row FROM _late)), count(*) FILTER (_reason IS NOT NULL), count(*) FILTER (_row IN "
+        f"(SELECT _row FROM _late)) FROM _checked GROUP BY 1"
+    ).fetchall()
+    counts = {row[0]: row[1:] for row in per_part}
+    with transaction(con):
+        accepted = _insert(con, table, day, hexes, "_row NOT IN (SELECT _row FROM _late)")
+        if reasons:
+            _quarantine(con, table, day)
+        for i, path in enumerate(paths):
+            n_read, n_accepted, n_quarantined, n_late = counts.get(i, (0, 0, 0, 0))
+            con.execute(
+                "INSERT INTO raw.landed_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [table, day, path.name, arrivals[path], n_read, n_accepted, n_quarantined, n_late],
+            )
+        for i, path in enumerate(paths):
+            con.execute(
+                f"INSERT INTO raw.late_rows SELECT ?, ?, ?, bucket_start, count(*) FROM _late "
+                f"WHERE _row // {_PART_STRIDE} = ? GROUP BY bucket_start",
+                [table, day, path.name, i],
+            )
+    late = con.execute("SELECT count(*) FROM _late").fetchone()[0]
+    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons, late=int(late))
+
+
+def quarantine_unreadable(con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, error: str) -> None:
+    """Record a part that cannot be read as Parquet as one quarantine row (the file itself is moved aside by
+    the caller): the whole-day load keeps this row, since it never sees the file."""
+    ensure_raw_schema(con)
+    record = json.dumps({"file": path.name, "error": error[:500]})
+    with transaction(con):
+        con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?)", [table, day, UNREADABLE_PART, record])
+        con.execute("INSERT INTO raw.landed_parts VALUES (?, ?, ?, NULL, 0, 0, 0, 0)", [table, day, path.name])
 
 
 def refresh_cell_neighbours(con: duckdb.DuckDBPyConnection, max_ring: int = 2) -> int:

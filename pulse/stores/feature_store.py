@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import duckdb
 import pandas as pd
 
-from pulse.data.contract import FEATURES, TIMESTAMP_FIELD
-from pulse.settings import FEATURE_SERVICE, PROJECT_ROOT, PulseSettings
+from pulse.data.contract import FEATURE_VIEW, FEATURES, TIMESTAMP_FIELD
+from pulse.settings import BUCKET_MINUTES, FEATURE_SERVICE, PROJECT_ROOT, PulseSettings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -50,26 +50,54 @@ def open_store(settings: PulseSettings) -> FeatureStore:
     return FeatureStore(repo_path=str(folder), fs_yaml_file=Path(feature_store_yaml(settings)))
 
 
-def export_day(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> int:
-    """Write one day of fct_demand_features_15min as the Parquet file Feast's offline store reads."""
-    out_dir = settings.feast_offline_dir / "demand_features"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{day.isoformat()}.parquet"
+def _export(con: duckdb.DuckDBPyConnection, start: datetime, end: datetime, path: Path) -> int:
+    """Write the rows of fct_demand_features_15min with bucket_start in [start, end) to ``path`` as Feast reads
+    them; the file is renamed into place, so readers never see half of it."""
     # Cast to the Feast schema's types: DuckDB sums are HUGEINT, which Parquet readers handle poorly.
     cols = ", ".join(f"CAST({n} AS {'BIGINT' if k == 'int' else 'DOUBLE'}) AS {n}" for n, k in FEATURES)
-    start, end = day.isoformat(), (day + timedelta(days=1)).isoformat()
     # Feast compares event timestamps tz-aware: store UTC instants, not naive wall times.
     query = (
         f"SELECT hex_id, CAST(service_type AS BIGINT) AS service_type, {cols}, "
         f"timezone('UTC', {TIMESTAMP_FIELD}) AS {TIMESTAMP_FIELD} "
         f"FROM main.fct_demand_features_15min "
-        f"WHERE bucket_start >= TIMESTAMP '{start}' AND bucket_start < TIMESTAMP '{end}' "
+        f"WHERE bucket_start >= TIMESTAMP '{start:%Y-%m-%d %H:%M:%S}' "
+        f"AND bucket_start < TIMESTAMP '{end:%Y-%m-%d %H:%M:%S}' "
         f"ORDER BY service_type, hex_id, {TIMESTAMP_FIELD}"
     )
-    tmp = path.with_suffix(".parquet.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
-    os.replace(tmp, path)  # readers never see a half-written file
+    os.replace(tmp, path)
     return con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
+
+
+def export_day(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> int:
+    """Write one day of fct_demand_features_15min as the Parquet file Feast's offline store reads; the day's
+    bucket files (the bucket clock's) are removed once the day file is in place."""
+    folder = settings.feast_offline_dir / "demand_features"
+    start = datetime.combine(day, datetime.min.time())
+    rows = _export(con, start, start + timedelta(days=1), folder / f"{day.isoformat()}.parquet")
+    for bucket_file in folder.glob(f"{day.isoformat()}T*.parquet"):
+        bucket_file.unlink()
+    return rows
+
+
+def export_buckets(con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: datetime, end: datetime) -> int:
+    """The bucket clock's export: one file per bucket of [start, end) (``<day>T<HHMM>.parquet``), each
+    replacing the bucket's earlier file, so a recomputed bucket never appears twice."""
+    folder = settings.feast_offline_dir / "demand_features"
+    rows, bucket = 0, start
+    while bucket < end:
+        after = bucket + timedelta(minutes=BUCKET_MINUTES)
+        rows += _export(con, bucket, after, folder / f"{bucket:%Y-%m-%dT%H%M}.parquet")
+        bucket = after
+    return rows
+
+
+def write_online(store: FeatureStore, rows: pd.DataFrame) -> None:
+    """Put feature rows (the newest bucket's) in the online store in one write: Feast's SQLite store commits
+    them in one transaction, so a crash leaves the store at the previous bucket."""
+    store.write_to_online_store(FEATURE_VIEW, rows)
 
 
 def newest_feature_ts(settings: PulseSettings) -> datetime | None:
