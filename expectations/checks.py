@@ -17,7 +17,7 @@ import pandas as pd
 from expectations.runner import Validation, load_suite_json, validate
 from pulse.data import ingest, landing
 from pulse.data.contract import FEATURE_NAMES
-from pulse.settings import PulseSettings
+from pulse.settings import BUCKET_MINUTES, PulseSettings
 
 HISTORY_DAYS = 14  # trailing days that define the city's bounds and the usual null shares
 RAW_TABLES = ("ride_requests", "driver_pings", "price_quotes")
@@ -286,6 +286,95 @@ def features(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list
         {"min_ratio": settings.quality.day_total_min_ratio, "max_ratio": settings.quality.day_total_max_ratio},
     )
     return Validation([rows, day_outcome], _keys(days))
+
+
+# The bucket clock ---------------------------------------------------------------------------------------
+def window_grid(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: datetime, end: datetime
+) -> tuple[int, int]:
+    """(rows, cells) of the zero-filled grid of [start, end), dbt's rule applied to part of a day: each bucket of
+    a day holding a ride request × the cells active by that day × service types."""
+    rows, cells = con.execute(
+        f"""WITH buckets AS (
+               SELECT b, CAST(b AS DATE) AS day
+               FROM generate_series(?::TIMESTAMP, ?::TIMESTAMP - INTERVAL {BUCKET_MINUTES} MINUTE,
+                                    INTERVAL {BUCKET_MINUTES} MINUTE) t(b)
+           ), request_days AS (
+               SELECT DISTINCT event_date FROM raw.ride_requests
+               WHERE event_date BETWEEN CAST(?::TIMESTAMP AS DATE) AND CAST(?::TIMESTAMP AS DATE)
+           )
+           SELECT count(*), count(DISTINCT c.hex_id)
+           FROM buckets JOIN request_days d ON d.event_date = buckets.day
+           JOIN main.dim_cells c ON c.active_from <= buckets.day""",
+        [start, end, start, end],
+    ).fetchone()
+    return rows * len(settings.city.service_types), cells
+
+
+def raw_reference(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> dict[str, dict[str, Any]]:
+    """Per raw table, the parameters its suite judges a running day's rows with: the city's bounds and the usual
+    null shares of the trailing days (the same for every bucket of the day: computed once a day)."""
+    start, end, basis = reference_days(con, [day])
+    bounds = city_bounds(con, settings, start, end)
+    return {t: {**bounds, **null_floors(con, settings, t, start, end), "basis": basis} for t in RAW_TABLES}
+
+
+def bucket_rows(
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    start: datetime,
+    end: datetime,
+    reference: dict[str, dict[str, Any]],
+) -> Validation:
+    """The row-level suites over what one bucket update wrote for [start, end): the raw events of the window
+    (``raw_<table>`` with ``reference`` from :func:`raw_reference`), the facts (``fct_demand_15min``) and the
+    features (``fct_demand_features_15min``). The day-level suites (a day's volume, its quarantine share) judge
+    whole days only, in the daily run."""
+    grid_rows, cells = window_grid(con, settings, start, end)
+    days = [start.date(), (end - timedelta(microseconds=1)).date()]
+    outcomes, notes = [], []
+    for table in RAW_TABLES:
+        contract = ingest.CONTRACTS[table]
+        context = [c for c in (contract.id_col, contract.ts_col) if c]
+        columns = ", ".join(dict.fromkeys(context + suite_columns(f"raw_{table}")))
+        frame = con.execute(
+            f"SELECT {columns} FROM raw.{table} WHERE event_date BETWEEN ? AND ? "
+            f"AND {contract.ts_col} >= ? AND {contract.ts_col} < ?",
+            [*days, start, end],
+        ).df()
+        if frame.empty:
+            notes.append(f"no {table} rows in the window")
+            continue
+        parameters = {k: v for k, v in reference[table].items() if k != "basis"}
+        outcomes.append(validate(f"raw_{table}", frame, parameters))
+    window = {"window_start": pd.Timestamp(start), "window_end": pd.Timestamp(end)}
+    facts_frame = con.execute(
+        """SELECT d.*, s.idle_drivers, s.busy_drivers, CAST(minute(d.bucket_start) AS INTEGER) AS bucket_minute
+           FROM main.fct_demand_15min d
+           LEFT JOIN main.fct_supply_15min s USING (hex_id, service_type, bucket_start)
+           WHERE d.bucket_start >= ? AND d.bucket_start < ?""",
+        [start, end],
+    ).df()
+    outcomes.append(
+        validate(
+            "fct_demand_15min",
+            facts_frame,
+            {"grid_rows": grid_rows, "cells": cells, "service_types": list(settings.city.service_types), **window},
+        )
+    )
+    features_frame = con.execute(
+        """SELECT *, CAST(date_diff('minute', bucket_start, feature_ts) AS INTEGER) AS feature_lag_minutes
+           FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?""",
+        [start, end],
+    ).df()
+    parameters = {
+        "columns": ["hex_id", "service_type", "bucket_start", "feature_ts", *FEATURE_NAMES],
+        "grid_rows": grid_rows,
+        "service_types": list(settings.city.service_types),
+        **window,
+    }
+    outcomes.append(validate("fct_demand_features_15min", features_frame, parameters))
+    return Validation(outcomes, [f"{start:%Y-%m-%d %H:%M}..{end:%H:%M}"], notes)
 
 
 # Training set and forecasts --------------------------------------------------------------------------
