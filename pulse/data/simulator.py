@@ -3,7 +3,8 @@
 For every simulated UTC day it writes ``landing/<table>/date=YYYY-MM-DD/part-0.parquet`` for the five landing
 tables, and it writes the true Poisson mean of every cell × service type × 15-minute bucket to
 ``settings.truth_path``. Downstream code never reads the truth; it exists to score forecasts against what
-the world really was.
+the world really was. Beside the truth, ``city_config.json`` records the config and start the city was simulated
+from, so that ``pulse.data.stream`` can continue the same city day after day (``simulate_days``).
 
 How the world works (all in numpy, one day at a time):
 
@@ -28,8 +29,10 @@ from day to day, so the first N days of a longer run are byte-identical to an N-
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,8 +41,10 @@ from zoneinfo import ZoneInfo
 import h3
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pulse.data.landing import WHOLE_DAY_PART, day_folder, write_atomic
 from pulse.domain.cells import cells_for_points, neighbours
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
@@ -645,12 +650,120 @@ def _table(name: str, columns: dict[str, Any]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write(table: pa.Table, path: Path) -> None:
-    """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+def city_config_path(settings: PulseSettings) -> Path:
+    return settings.truth_path.with_name("city_config.json")
+
+
+def _city_identity(settings: PulseSettings) -> dict[str, Any]:
+    """The settings that shape the simulated city besides its ``CityConfig``."""
+    city = settings.city
+    return {"name": city.name, "h3_resolution": city.h3_resolution, "service_types": list(city.service_types)}
+
+
+def save_city_config(settings: PulseSettings, config: CityConfig, start: date) -> Path:
+    """Record what the landing zone's city was simulated from, so a stream can continue the same city."""
+    path = city_config_path(settings)
+    body = {"start": start.isoformat(), "city": _city_identity(settings), "config": asdict(config)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(body, indent=2))
     os.replace(tmp, path)
+    return path
+
+
+def load_city_config(settings: PulseSettings) -> tuple[CityConfig, date]:
+    """The ``CityConfig`` and start date the landing zone's city was simulated from."""
+    path = city_config_path(settings)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: only a city simulated with `pulse simulate` can be continued; simulate it first"
+        )
+    body = json.loads(path.read_text())
+    if body["city"] != _city_identity(settings):
+        raise ValueError(f"the city in {path} ({body['city']}) is not the city of these settings")
+    config = body["config"]
+    config["drivers"] = {int(service): n for service, n in config["drivers"].items()}  # JSON keys are strings
+    return CityConfig(**config), date.fromisoformat(body["start"])
+
+
+@dataclass(frozen=True)
+class SimulatedDay:
+    """One UTC day of the city: its five landing tables and its truth."""
+
+    index: int  # days since the city's start
+    day: date
+    tables: dict[str, pa.Table]
+    truth: pa.Table
+    expected_requests: float  # sum of the day's truth
+
+
+def simulate_days(
+    settings: PulseSettings,
+    config: CityConfig = CityConfig(),
+    start: date | None = None,
+    days: Iterable[int] | None = None,
+) -> Iterator[SimulatedDay]:
+    """The city's UTC days ``days`` (increasing indices from ``start``; default: ``range(config.days)``).
+
+    A day depends on the days before it only through the driver fleet, so the days not asked for are only driven
+    through: their requests are not drawn and no table is built. ``days`` may be endless (``itertools.count``).
+    """
+    start = start or settings.city.start_date
+    city = _City(settings, config, start)
+    fleet = city.new_fleet()
+    C, S = len(city.cells), len(city.services)
+    truth_hex = np.repeat(np.array(city.cells, dtype=object), S)
+    truth_svc = np.tile(city.services, C)
+    driven = 0  # days the fleet has been through
+    for d in range(config.days) if days is None else days:
+        if d < driven:
+            raise ValueError(f"days must increase: day {d} asked for after day {driven - 1}")
+        for passed in range(driven, d):
+            _drive_day(city, fleet, passed, city.expected(passed, city.weather(passed)[1]))
+        day, t0 = start + timedelta(days=d), city.day_start(d)
+        temp, precip = city.weather(d)
+        expected = city.expected(d, precip)
+        pings, idle = _drive_day(city, fleet, d, expected)
+        requests, quotes = _market_day(city, d, expected, idle)
+        driven = d + 1
+        events = [
+            ev for ld in (d - 1, d, d + 1) for ev in city.local_day_events(ld) if t0 <= ev["starts_at"] < t0 + DAY_S
+        ]
+        venue_lat, venue_lng = (
+            np.array([h3.cell_to_latlng(city.cells[ev["venue"]])[i] for ev in events], dtype=float) for i in (0, 1)
+        )
+        columns = {
+            "ride_requests": requests,
+            "driver_pings": pings,
+            "price_quotes": quotes,
+            "weather": {
+                "observed_at": (t0 + np.arange(24) * 3600) * US,
+                "city": [settings.city.name] * 24,
+                "temperature_c": temp,
+                "precipitation_mm": precip,
+            },
+            "events": {
+                "event_id": [ev["event_id"] for ev in events],
+                "venue_name": [ev["venue_name"] for ev in events],
+                "venue_lat": venue_lat,
+                "venue_lng": venue_lng,
+                "starts_at": np.array([ev["starts_at"] * US for ev in events], dtype=np.int64),
+                "ends_at": np.array([ev["ends_at"] * US for ev in events], dtype=np.int64),
+                "expected_attendance": np.array([ev["attendance"] for ev in events], dtype=np.int64),
+            },
+        }
+        # Truth rows in (bucket, cell, service) order.
+        truth = _table(
+            "truth",
+            {
+                "hex_id": np.tile(truth_hex, BUCKETS),
+                "service_type": np.tile(truth_svc, BUCKETS),
+                "bucket_start": np.repeat((t0 + np.arange(BUCKETS) * BUCKET_S) * US, C * S),
+                "expected_requests": expected.transpose(2, 0, 1).ravel(),
+            },
+        )
+        tables = {name: _table(name, cols) for name, cols in columns.items()}
+        yield SimulatedDay(d, day, tables, truth, float(expected.sum()))
 
 
 def simulate_city(
@@ -659,76 +772,32 @@ def simulate_city(
     """Simulate ``config.days`` UTC days from ``start`` (default: ``settings.city.start_date``) into landing.
 
     Reruns overwrite the same files with byte-identical content. Partitions of days outside the simulated
-    range are left alone, but the truth file is rewritten to cover exactly the simulated days.
+    range are left alone, but the truth file is rewritten to cover exactly the simulated days. The config is
+    written beside the truth (``city_config_path``), so that a stream can continue the city.
     """
     start = start or settings.city.start_date
-    city = _City(settings, config, start)
-    fleet = city.new_fleet()
-    C, S = len(city.cells), len(city.services)
     rows = dict.fromkeys((*TABLES, "truth"), 0)
-    total = 0.0
-    truth_hex = np.repeat(np.array(city.cells, dtype=object), S)
-    truth_svc = np.tile(city.services, C)
+    total, cells = 0.0, 0
     truth_tmp = settings.truth_path.with_name(settings.truth_path.name + ".tmp")
     truth_tmp.parent.mkdir(parents=True, exist_ok=True)
 
+    # One row group per day keeps memory flat.
     with pq.ParquetWriter(truth_tmp, TRUTH_SCHEMA) as truth_writer:
-        for d in range(config.days):
-            day, t0 = start + timedelta(days=d), city.day_start(d)
-            temp, precip = city.weather(d)
-            expected = city.expected(d, precip)
-            pings, idle = _drive_day(city, fleet, d, expected)
-            requests, quotes = _market_day(city, d, expected, idle)
-            events = [
-                ev for ld in (d - 1, d, d + 1) for ev in city.local_day_events(ld) if t0 <= ev["starts_at"] < t0 + DAY_S
-            ]
-            venue_lat, venue_lng = (
-                np.array([h3.cell_to_latlng(city.cells[ev["venue"]])[i] for ev in events], dtype=float) for i in (0, 1)
-            )
-            tables = {
-                "ride_requests": requests,
-                "driver_pings": pings,
-                "price_quotes": quotes,
-                "weather": {
-                    "observed_at": (t0 + np.arange(24) * 3600) * US,
-                    "city": [settings.city.name] * 24,
-                    "temperature_c": temp,
-                    "precipitation_mm": precip,
-                },
-                "events": {
-                    "event_id": [ev["event_id"] for ev in events],
-                    "venue_name": [ev["venue_name"] for ev in events],
-                    "venue_lat": venue_lat,
-                    "venue_lng": venue_lng,
-                    "starts_at": np.array([ev["starts_at"] * US for ev in events], dtype=np.int64),
-                    "ends_at": np.array([ev["ends_at"] * US for ev in events], dtype=np.int64),
-                    "expected_attendance": np.array([ev["attendance"] for ev in events], dtype=np.int64),
-                },
-            }
-            for name, columns in tables.items():
-                table = _table(name, columns)
-                _write(table, settings.landing_dir / name / f"date={day.isoformat()}" / "part-0.parquet")
+        for simulated in simulate_days(settings, config, start):
+            for name, table in simulated.tables.items():
+                write_atomic(table, day_folder(settings, name, simulated.day) / WHOLE_DAY_PART)
                 rows[name] += table.num_rows
-
-            # Truth rows in (bucket, cell, service) order: one row group per day keeps memory flat.
-            truth = _table(
-                "truth",
-                {
-                    "hex_id": np.tile(truth_hex, BUCKETS),
-                    "service_type": np.tile(truth_svc, BUCKETS),
-                    "bucket_start": np.repeat((t0 + np.arange(BUCKETS) * BUCKET_S) * US, C * S),
-                    "expected_requests": expected.transpose(2, 0, 1).ravel(),
-                },
-            )
-            truth_writer.write_table(truth)
-            rows["truth"] += truth.num_rows
-            total += float(expected.sum())
+            truth_writer.write_table(simulated.truth)
+            rows["truth"] += simulated.truth.num_rows
+            total += simulated.expected_requests
+            cells = len(pc.unique(simulated.truth["hex_id"]))
     os.replace(truth_tmp, settings.truth_path)
+    save_city_config(settings, config, start)
 
     return SimulationSummary(
         start=start,
         days=config.days,
-        cells=C,
+        cells=cells,
         rows=rows,
         expected_requests=total,
         landing_dir=settings.landing_dir,
