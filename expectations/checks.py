@@ -106,7 +106,7 @@ def ingest_summary(con: duckdb.DuckDBPyConnection, settings: PulseSettings, tabl
         read = con.execute(f"SELECT count(*) FROM read_parquet([{files}])").fetchone()[0] if paths else 0
         read += con.execute(
             "SELECT count(*) FROM raw.quarantine WHERE table_name = ? AND event_date = ? AND reason = ?",
-            [table, day, ingest.UNREADABLE_PART],
+            [table, day, ingest.REFUSED_PART],
         ).fetchone()[0]
         accepted = con.execute(f"SELECT count(*) FROM raw.{table} WHERE event_date = ?", [day]).fetchone()[0]
         reasons = dict(

@@ -8,6 +8,7 @@ from pulse_assets.drift import monitoring_assets
 from pulse_assets.fact_store import clickhouse_facts
 from pulse_assets.features import feast_registry, feature_export, online_features
 from pulse_assets.ingest import raw_assets, raw_cell_neighbours
+from pulse_assets.live import bucket_rows_check, live_buckets
 from pulse_assets.promotion import champion_model, promotion_checks
 from pulse_assets.quality import asset_checks
 from pulse_assets.resources import resources_for
@@ -36,8 +37,9 @@ defs = dg.Definitions(
         model_backtest,
         champion_model,
         *monitoring_assets,
+        live_buckets,
     ],
-    asset_checks=[*asset_checks, *promotion_checks],
+    asset_checks=[*asset_checks, *promotion_checks, bucket_rows_check],
     jobs=[daily_pipeline, *automation_jobs],
     sensors=sensors,
     resources=resources_for(PulseSettings()),

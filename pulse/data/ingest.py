@@ -16,13 +16,14 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pulse.data import landing
 from pulse.domain.cells import cell_ints_for_points, neighbours
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.warehouse import transaction
 
-UNREADABLE_PART = "unreadable part file"
+REFUSED_PART = "refused part file"
 
 
 class MissingColumnsError(ValueError):
@@ -145,6 +146,7 @@ class IngestResult:
     quarantined: int
     reasons: dict[str, int]
     late: int = 0  # a running day's rows past their bucket's settle time, left to the whole-day load
+    first_ts: datetime | None = None  # a running day's earliest accepted event time (what it must recompute from)
 
 
 def landing_file(settings: PulseSettings, table: str, day: date) -> Path:
@@ -343,7 +345,7 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         accepted = _insert(con, table, day, hexes, "true")
         con.execute(
             "DELETE FROM raw.quarantine WHERE table_name = ? AND event_date = ? AND reason <> ?",
-            [table, day, UNREADABLE_PART],
+            [table, day, REFUSED_PART],
         )
         if reasons:  # the file is read again only when there is something to quarantine
             _quarantine(con, table, day)
@@ -406,17 +408,30 @@ def ingest_parts(
                 [table, day, path.name, i],
             )
     late = con.execute("SELECT count(*) FROM _late").fetchone()[0]
-    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons, late=int(late))
+    first = con.execute(
+        f"SELECT min({c.ts_col}) FROM _checked WHERE _reason IS NULL AND _row NOT IN (SELECT _row FROM _late)"
+    ).fetchone()[0]
+    return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons, late=int(late), first_ts=first)
 
 
-def quarantine_unreadable(con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, error: str) -> None:
-    """Record a part that cannot be read as Parquet as one quarantine row (the file itself is moved aside by
-    the caller): the whole-day load keeps this row, since it never sees the file."""
+def refuse_part(con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, error: str) -> None:
+    """Record a part that cannot be taken in (not Parquet, a required column missing) as one quarantine row;
+    the caller moves the file aside, so the whole-day load never reads it and keeps this row."""
     ensure_raw_schema(con)
     record = json.dumps({"file": path.name, "error": error[:500]})
     with transaction(con):
-        con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?)", [table, day, UNREADABLE_PART, record])
-        con.execute("INSERT INTO raw.landed_parts VALUES (?, ?, ?, NULL, 0, 0, 0, 0)", [table, day, path.name])
+        con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?)", [table, day, REFUSED_PART, record])
+        con.execute("INSERT INTO raw.landed_parts VALUES (?, ?, ?, NULL, 1, 0, 1, 0)", [table, day, path.name])
+
+
+def part_problem(table: str, path: Path) -> str | None:
+    """Why a landed part cannot be read under the table's contract, or None."""
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception as err:  # any unreadable file: its reason is what the reader said
+        return f"not a readable Parquet file: {type(err).__name__}: {err}"
+    missing = sorted(set(CONTRACTS[table].required) - names)
+    return f"lacks required column(s) {missing} of the {table} contract" if missing else None
 
 
 def refresh_cell_neighbours(con: duckdb.DuckDBPyConnection, max_ring: int = 2) -> int:
