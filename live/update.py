@@ -183,7 +183,7 @@ class BucketUpdater:
         earliest: datetime | None = None
         with warehouse.connect(self.settings) as con:
             ingest.ensure_raw_schema(con)
-            for day in days:
+            for day in [d for d in days if ingest.running(con, d)]:
                 for table in STREAMED_TABLES:
                     taken = {
                         r[0]
@@ -195,12 +195,13 @@ class BucketUpdater:
                     for path in landing.part_files(self.settings, table, day):
                         if path.name in taken:
                             continue
+                        arrived = _naive(self.clock.at(path.stat().st_mtime))
                         problem = ingest.part_problem(table, path)
                         if problem:
-                            self._refuse(con, table, day, path, problem)
+                            self._refuse(con, table, day, path, arrived, problem)
                             result.quarantined_rows += 1
                             continue
-                        arrivals[path] = _naive(self.clock.at(path.stat().st_mtime))
+                        arrivals[path] = arrived
                     if not arrivals:
                         continue
                     r = ingest.ingest_parts(con, self.settings, table, day, arrivals, state.final_before)
@@ -212,11 +213,13 @@ class BucketUpdater:
                         earliest = r.first_ts if earliest is None else min(earliest, r.first_ts)
         return earliest
 
-    def _refuse(self, con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, problem: str) -> None:
+    def _refuse(
+        self, con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, arrived: datetime, problem: str
+    ) -> None:
         aside = self.settings.landing_dir / "_refused" / table / f"date={day.isoformat()}" / path.name
         aside.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(path, aside)
-        ingest.refuse_part(con, table, day, path, problem)
+        ingest.refuse_part(con, table, day, path, arrived, problem)
         log.warning("refused %s/%s: %s (moved to %s)", table, path.name, problem, aside)
 
     def _transform(self, result: BucketUpdate, start: datetime, end: datetime) -> None:

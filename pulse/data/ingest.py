@@ -165,11 +165,12 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         "CREATE TABLE IF NOT EXISTS raw.quarantine (table_name VARCHAR, event_date DATE, reason VARCHAR, record JSON)"
     )
     con.execute("CREATE TABLE IF NOT EXISTS raw.cell_neighbours (hex_id VARCHAR, neighbour_id VARCHAR, ring INTEGER)")
-    # The micro-batches a running day has taken in (the bucket clock), and the rows that came after their
-    # bucket had settled: those wait in the landing zone for the day's whole-day load.
+    # The parts each load took in: a running day's micro-batches (loaded_by 'bucket') and the parts a whole-day
+    # load read ('day': the day is no longer running). Rows that came after their bucket had settled wait in
+    # the landing zone for the day's whole-day load (late, per bucket in raw.late_rows).
     con.execute(
         "CREATE TABLE IF NOT EXISTS raw.landed_parts (table_name VARCHAR, event_date DATE, part VARCHAR, "
-        "arrived_at TIMESTAMP, rows_read BIGINT, accepted BIGINT, quarantined BIGINT, late BIGINT)"
+        "arrived_at TIMESTAMP, rows_read BIGINT, accepted BIGINT, quarantined BIGINT, late BIGINT, loaded_by VARCHAR)"
     )
     con.execute(
         "CREATE TABLE IF NOT EXISTS raw.late_rows (table_name VARCHAR, event_date DATE, part VARCHAR, "
@@ -337,7 +338,8 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
     """Validate every part of a landing day and load the day (its rows replace the day's); raises
     MissingColumnsError on a broken schema. Rows the bucket clock held back as late enter here."""
     ensure_raw_schema(con)
-    hexes = _check(con, settings, table, day, landing.part_files(settings, table, day), append=False)
+    paths = landing.part_files(settings, table, day)
+    hexes = _check(con, settings, table, day, paths, append=False)
     read = con.execute("SELECT count(*) FROM _checked").fetchone()[0]
     reasons = _reasons(con)
     with transaction(con):
@@ -349,6 +351,14 @@ def ingest_partition(con: duckdb.DuckDBPyConnection, settings: PulseSettings, ta
         )
         if reasons:  # the file is read again only when there is something to quarantine
             _quarantine(con, table, day)
+        # The day is no longer running: every part it read is recorded as read by a whole-day load.
+        con.execute(
+            "DELETE FROM raw.landed_parts WHERE table_name = ? AND event_date = ? AND loaded_by = 'day'", [table, day]
+        )
+        con.execute(
+            "INSERT INTO raw.landed_parts SELECT ?, ?, unnest(?::VARCHAR[]), NULL, NULL, NULL, NULL, 0, 'day'",
+            [table, day, [p.name for p in paths] or [landing.WHOLE_DAY_PART]],
+        )
     late = con.execute(
         "SELECT coalesce(sum(late), 0) FROM raw.landed_parts WHERE table_name = ? AND event_date = ?", [table, day]
     ).fetchone()[0]
@@ -398,7 +408,7 @@ def ingest_parts(
         for i, path in enumerate(paths):
             n_read, n_accepted, n_quarantined, n_late = counts.get(i, (0, 0, 0, 0))
             con.execute(
-                "INSERT INTO raw.landed_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO raw.landed_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'bucket')",
                 [table, day, path.name, arrivals[path], n_read, n_accepted, n_quarantined, n_late],
             )
         for i, path in enumerate(paths):
@@ -414,14 +424,32 @@ def ingest_parts(
     return IngestResult(table, day, read, accepted, sum(reasons.values()), reasons, late=int(late), first_ts=first)
 
 
-def refuse_part(con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, error: str) -> None:
+def refuse_part(
+    con: duckdb.DuckDBPyConnection, table: str, day: date, path: Path, arrived_at: datetime, error: str
+) -> None:
     """Record a part that cannot be taken in (not Parquet, a required column missing) as one quarantine row;
     the caller moves the file aside, so the whole-day load never reads it and keeps this row."""
     ensure_raw_schema(con)
     record = json.dumps({"file": path.name, "error": error[:500]})
     with transaction(con):
         con.execute("INSERT INTO raw.quarantine VALUES (?, ?, ?, ?)", [table, day, REFUSED_PART, record])
-        con.execute("INSERT INTO raw.landed_parts VALUES (?, ?, ?, NULL, 1, 0, 1, 0)", [table, day, path.name])
+        con.execute(
+            "INSERT INTO raw.landed_parts VALUES (?, ?, ?, ?, 1, 0, 1, 0, 'bucket')",
+            [table, day, path.name, arrived_at],
+        )
+
+
+def running(con: duckdb.DuckDBPyConnection, day: date) -> bool:
+    """A day the bucket clock may still take parts in for: no whole-day load read it (a day loaded before
+    micro-batches existed has raw rows and no recorded parts)."""
+    ensure_raw_schema(con)
+    loaded, recorded, by_day = con.execute(
+        "SELECT (SELECT count(*) FROM raw.ride_requests WHERE event_date = $d), "
+        "(SELECT count(*) FROM raw.landed_parts WHERE event_date = $d), "
+        "(SELECT count(*) FROM raw.landed_parts WHERE event_date = $d AND loaded_by = 'day')",
+        {"d": day},
+    ).fetchone()
+    return not by_day and not (loaded and not recorded)
 
 
 def part_problem(table: str, path: Path) -> str | None:
