@@ -41,7 +41,7 @@ from live.transform import WindowRunner
 from pulse.data import ingest, landing
 from pulse.domain.clock import BUCKET, CityClock, bucket_floor
 from pulse.settings import PulseSettings
-from pulse.stores import feature_store, warehouse
+from pulse.stores import feature_store, live_rows, warehouse
 from pulse_assets.live import BUCKET_CHECK, LIVE_BUCKETS
 from pulse_assets.quality import to_result
 
@@ -252,7 +252,7 @@ class BucketUpdater:
     def _export(self, result: BucketUpdate, start: datetime, end: datetime):
         with warehouse.connect(self.settings) as con:
             result.rows["features"] = feature_store.export_buckets(con, self.settings, start, end)
-            self._keep_live_rows(con, start, end)
+            live_rows.keep(con, self.settings, start, end)
             newest = con.execute(
                 "SELECT max(feature_ts) FROM main.fct_demand_features_15min "
                 "WHERE bucket_start >= ? AND bucket_start < ?",
@@ -265,28 +265,6 @@ class BucketUpdater:
             frame = con.execute(f"SELECT * FROM read_parquet('{path}')").df()
         result.rows["online"] = len(frame)
         return frame
-
-    def _keep_live_rows(self, con: duckdb.DuckDBPyConnection, start: datetime, end: datetime) -> None:
-        """The facts and features as this update wrote them, per bucket, for the daily run to compare with."""
-        bucket = start
-        while bucket < end:
-            folder = self.settings.live_dir / "days" / f"date={bucket.date().isoformat()}"
-            folder.mkdir(parents=True, exist_ok=True)
-            at = f"TIMESTAMP '{bucket:%Y-%m-%d %H:%M:%S}'"
-            for name, query in (
-                (
-                    "facts",
-                    "SELECT d.*, s.* EXCLUDE (hex_id, service_type, bucket_start) FROM main.fct_demand_15min d "
-                    "LEFT JOIN main.fct_supply_15min s USING (hex_id, service_type, bucket_start) "
-                    f"WHERE d.bucket_start = {at}",
-                ),
-                ("features", f"SELECT * FROM main.fct_demand_features_15min WHERE bucket_start = {at}"),
-            ):
-                path = folder / f"{name}-{bucket:%H%M}.parquet"
-                tmp = path.with_name(f".{path.name}.tmp")
-                con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet)")
-                os.replace(tmp, path)
-            bucket += BUCKET
 
     # -- reporting ---------------------------------------------------------------------------------------
     def _finish(self, result: BucketUpdate) -> None:

@@ -5,6 +5,7 @@
 | `raw/ride_requests`, `raw/driver_pings`, `raw/price_quotes` | `great_expectations` | `raw_<table>`, `ingest_summary` |
 | `fct_demand_15min` | `great_expectations` | `fct_demand_15min`, `fct_demand_15min_days` |
 | `fct_demand_features_15min` | `great_expectations` | `fct_demand_features_15min`, `fct_demand_15min_days` |
+| `fct_demand_features_15min` | `intraday_equals_batch` | the bucket clock's rows of the day vs the whole-day run's |
 | `monitoring/model_drift` | `gx_forecasts` | `forecasts` (skipped, with the reason, before there is a champion) |
 
 The checks are partitioned like their assets: each day's result belongs to that day, so the UI shows which day
@@ -29,7 +30,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from expectations import checks
 from expectations.runner import Validation
 from pulse.settings import PulseSettings
-from pulse.stores import warehouse
+from pulse.stores import live_rows, warehouse
 from pulse_assets.lazy import lazy_module
 from pulse_assets.partitions import daily_partitions, partition_days
 from pulse_assets.resources import PulseResource
@@ -37,6 +38,7 @@ from pulse_assets.resources import PulseResource
 promotion = lazy_module("pulse.lifecycle.promotion")
 
 GX = "great_expectations"
+INTRADAY = "intraday_equals_batch"
 MODEL_DRIFT = dg.AssetKey(["monitoring", "model_drift"])
 FACTS = dg.AssetKey("fct_demand_15min")
 FEATURES = dg.AssetKey("fct_demand_features_15min")
@@ -170,6 +172,47 @@ def features_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource)
         yield from per_day(context, FEATURES_CHECK, lambda day: to_result(checks.features(con, settings, [day])))
 
 
+@dg.asset_check(
+    asset=FEATURES,
+    name=INTRADAY,
+    blocking=True,
+    partitions_def=daily_partitions,
+    additional_deps=["fct_supply_15min"],
+    description=(
+        "Intraday equals batch: on a day the bucket clock ran, the facts and features it wrote bucket by bucket "
+        "(and put online) equal, row for row and column for column, those of the day's whole-day run. Buckets "
+        "that late rows changed (and the features after them) are left out and counted. Skipped (passing, with "
+        "the reason) on a day that was never live."
+    ),
+)
+def intraday_check(context: dg.AssetCheckExecutionContext, pulse: PulseResource):
+    settings = pulse.settings()
+
+    def validate(day: date) -> dg.AssetCheckResult:
+        found = live_rows.compare(con, settings, day)
+        if found is None:
+            return to_result(Validation([], [day.isoformat()], skipped="not a live day: no bucket-clock rows"))
+        metadata = {
+            "live_buckets": found.buckets,
+            "rows_compared": dg.MetadataValue.json(found.compared),
+            "rows_differing": dg.MetadataValue.json(found.differing),
+            "late_rows": found.late_rows,
+            "first_late_bucket": str(found.first_late_bucket),
+        }
+        if found.columns:
+            metadata["differing_columns"] = dg.MetadataValue.json(found.columns)
+            metadata["examples"] = dg.MetadataValue.json(found.examples[:10])
+        late = f"; {found.late_rows} late rows from {found.first_late_bucket} left out" if found.late_rows else ""
+        if found.equal:
+            description = f"{sum(found.compared.values())} rows of {found.buckets} buckets equal{late}"
+        else:
+            description = f"rows differ: {found.differing} of {found.compared} (columns {found.columns}){late}"
+        return dg.AssetCheckResult(passed=found.equal, metadata=metadata, description=description[:1000])
+
+    with warehouse.connect(settings) as con:
+        yield from per_day(context, dg.AssetCheckKey(FEATURES, INTRADAY), validate)
+
+
 def _champion_of_day(instance: dg.DagsterInstance, day: date) -> str | None:
     """The champion version the day's `monitoring/model_drift` materialisation forecast with."""
     result = instance.fetch_materializations(
@@ -214,7 +257,7 @@ def drift_forecast_path(settings: PulseSettings, day: date) -> Path:
     return settings.home / "monitoring" / "forecasts" / f"{day.isoformat()}.parquet"
 
 
-asset_checks = [*raw_checks, facts_check, features_check, champion_forecasts_check]
+asset_checks = [*raw_checks, facts_check, features_check, intraday_check, champion_forecasts_check]
 
 
 def day_check_status(instance: dg.DagsterInstance, days: Iterable[date]) -> dict[str, dict[str, str]]:
