@@ -201,6 +201,27 @@ def up(
                 p.kill()
 
 
+@app.command()
+def live(
+    speed: Annotated[
+        float, typer.Option(help="City clock speed: 1 is real time, 10 makes a bucket every 90 s.")
+    ] = 10.0,
+    api_port: Annotated[int, typer.Option()] = 8000,
+    ui_port: Annotated[int, typer.Option()] = 3000,
+    ui: Annotated[bool, typer.Option(help="Also start the Dagster UI.")] = True,
+    hours: Annotated[float | None, typer.Option(help="Stop after this many city hours (default: Ctrl-C).")] = None,
+) -> None:
+    """The city after its history, live: the simulator streams micro-batches on a simulated clock, every closed
+    15-minute bucket goes through the bucket clock to the online store, and the API, the map and the Dagster UI
+    move with it. Needs the history materialised (`make demo`)."""
+    from live import runner
+
+    os.environ["PULSE_LIVE__ENABLED"] = "true"  # this process and its children run on the city clock
+    settings = _settings()
+    published = runner.run(settings, speed, api_port, ui_port if ui else None, hours)
+    typer.echo(f"{published} bucket(s) published")
+
+
 def _instant(text: str, end: bool = False) -> datetime:
     """A day (YYYY-MM-DD: its start, or with ``end`` the start of the next day) or an ISO time, naive UTC."""
     try:

@@ -1,0 +1,126 @@
+"""`pulse live`: the city after its history, on a simulated clock, through the bucket clock to the API and the map.
+
+Three things run until Ctrl-C (or ``--hours`` of city time):
+
+* the stream (a thread): the simulator continues the city from the end of its history and lands a micro-batch
+  of each table every ``live.micro_batch_seconds`` of city time (:class:`pulse.data.stream.CityStream`);
+* the bucket clock (this process's main loop): at each close of a bucket, one :class:`live.update.BucketUpdater`
+  update; a failed update is retried at the next close, whose window covers what was missed;
+* the API (:8000) and, unless ``--no-ui``, the Dagster UI (:3000), as child processes in live mode, reading the
+  city clock the run writes to ``PULSE_HOME/live/clock.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, timedelta
+from pathlib import Path
+
+from pulse.data.stream import CityStream
+from pulse.domain.clock import BUCKET, CityClock, bucket_floor
+from pulse.settings import PROJECT_ROOT, PulseSettings
+
+log = logging.getLogger("pulse.live")
+
+
+def stream_forever(stream: CityStream, clock: CityClock, every: timedelta, stop: threading.Event) -> None:
+    """Land each micro-batch when the city clock reaches its end."""
+    until = stream.start + every
+    while not stop.is_set():
+        wait = clock.wall_at(until) - time.time()
+        if wait > 0 and stop.wait(wait):
+            return
+        try:
+            stream.emit(until)
+        except Exception:  # the stream is the city: without it the demo has nothing to show
+            log.exception("the stream failed at %s", until)
+            stop.set()
+            return
+        until += every
+
+
+def children(settings: PulseSettings, api_port: int, ui_port: int | None) -> list[subprocess.Popen]:
+    env = {**os.environ, "PULSE_HOME": str(settings.home), "PULSE_LIVE__ENABLED": "true"}
+    env.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bin_dir / "pulse"), "serve", "--port", str(api_port)], cwd=PROJECT_ROOT, env=env)]
+    if ui_port is not None:
+        workspace = str(PROJECT_ROOT / "workspace.yaml")
+        procs.append(
+            subprocess.Popen(
+                [str(bin_dir / "dagster"), "dev", "-w", workspace, "-p", str(ui_port)], cwd=PROJECT_ROOT, env=env
+            )
+        )
+    return procs
+
+
+def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | None, hours: float | None) -> int:
+    """Run the live city; returns the number of buckets published."""
+    from live.update import BucketUpdater  # dbt, Feast, Great Expectations: seconds to import
+
+    stream = CityStream(settings)
+    updater = BucketUpdater(settings, CityClock.simulated(stream.start, speed))
+    # The city starts once everything is loaded (seconds of imports and parsing above).
+    updater.clock = clock = CityClock.simulated(stream.start, speed)
+    clock.save(settings.live_dir)
+    stop = threading.Event()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    every = timedelta(seconds=settings.live.micro_batch_seconds)
+    feeder = threading.Thread(target=stream_forever, args=(stream, clock, every, stop), name="stream", daemon=True)
+    procs = children(settings, api_port, ui_port)
+    end = stream.start + timedelta(hours=hours) if hours else None
+    published = 0
+    print(
+        f"\n  live city from {stream.start:%Y-%m-%d %H:%M} UTC at {speed:g}x "
+        f"(a bucket every {BUCKET.total_seconds() / speed:.0f} s)\n"
+        f"  Forecast API http://127.0.0.1:{api_port}/  (map at /, readiness at /ready)\n"
+        + (f"  Dagster UI   http://127.0.0.1:{ui_port}  (asset live/buckets)\n" if ui_port else "")
+        + "  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    feeder.start()
+    try:
+        next_close = bucket_floor(stream.start) + BUCKET
+        while not stop.is_set() and (end is None or next_close <= end):
+            wait = clock.wall_at(next_close) - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 1.0))
+                continue
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a child process (API or Dagster UI) exited")
+            result = updater.update()
+            if result.published:
+                published += 1
+                print(
+                    f"  bucket {result.published_end:%Y-%m-%d %H:%M} online {result.latency:.1f} s after its close "
+                    f"({', '.join(f'{k} {v:.1f}s' for k, v in result.stages.items() if not k.startswith('dbt_'))})",
+                    flush=True,
+                )
+            elif result.error:
+                print(f"  bucket update failed (retried at the next close): {result.error}", flush=True)
+            next_close = bucket_floor(clock.now().astimezone(UTC)) + BUCKET
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        feeder.join(timeout=10)
+    return published
