@@ -1,5 +1,6 @@
 """The forecast API: `create_app(settings)`. The lifespan loads the champion, the climatology and the online
-features into a :class:`serving.state.ServingState` and starts the two background refreshers."""
+features into a :class:`serving.state.ServingState` and starts the background refreshers: features and model
+on their periods, and in live mode the features again as soon as a bucket update is published."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import logging
 import sys
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from pulse.settings import PulseSettings
 from serving.fastpath import ForecastFastPath
+from serving.live import STATUS_FILE, STATUS_POLL_SECONDS, CityClockReader, FileStamp, file_stamp
 from serving.metrics import Metrics, MetricsMiddleware, StateCollector
 from serving.routers import cells, forecast, health, heatmap, livemap, model, recommendations
 from serving.routers.livemap import STATIC_DIR
@@ -23,10 +26,6 @@ from serving.state import ServingState
 
 log = logging.getLogger("pulse.serving")
 SWITCH_INTERVAL = 0.0005  # seconds
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 async def every(seconds: float, work: Callable[[], object], name: str) -> None:
@@ -39,12 +38,28 @@ async def every(seconds: float, work: Callable[[], object], name: str) -> None:
             log.exception("%s failed", name)
 
 
+async def on_change(path: Path, seen: FileStamp | None, work: Callable[[], object], name: str) -> None:
+    """Run blocking ``work`` in a worker thread whenever ``path`` changes from ``seen``: a stat every
+    ``STATUS_POLL_SECONDS`` on the event loop (microseconds), errors logged, never fatal."""
+    while True:
+        await asyncio.sleep(STATUS_POLL_SECONDS)
+        stamp = file_stamp(path)
+        if stamp == seen:
+            continue
+        seen = stamp
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            log.exception("%s failed", name)
+
+
 def api_keys(settings: PulseSettings) -> tuple[bytes, ...]:
     return tuple(k.strip().encode() for k in settings.serving.api_keys.get_secret_value().split(",") if k.strip())
 
 
 def create_app(settings: PulseSettings | None = None, clock: Callable[[], datetime] | None = None) -> FastAPI:
-    """The app for one city. ``clock`` (default: the wall clock) is what staleness checks call "now"."""
+    """The app for one city. ``clock`` (default: the city's clock, :class:`serving.live.CityClockReader`) is
+    what the forecasts' reference and the staleness checks call "now"."""
     settings = settings or PulseSettings()
     metrics = Metrics()
 
@@ -57,7 +72,10 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
         sys.setswitchinterval(SWITCH_INTERVAL)
         app.state.api_keys = api_keys(settings)
         app.state.serving, app.state.load_error = None, None
+        app.state.clock = clock or CityClockReader(settings)
         state = ServingState(settings, app.state.clock)
+        status_path = settings.live_dir / STATUS_FILE
+        status_seen = file_stamp(status_path)  # before the first read: an update published meanwhile is refreshed
         try:
             await asyncio.to_thread(state.start)
             app.state.serving = state
@@ -74,6 +92,10 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
                 ),
                 asyncio.create_task(every(settings.serving.model_poll_seconds, state.poll_model, "model poll")),
             ]
+            if settings.live.enabled:  # the online store holds a new bucket once its update's status is written
+                tasks.append(
+                    asyncio.create_task(on_change(status_path, status_seen, state.refresh_features, "bucket refresh"))
+                )
         try:
             yield
         finally:
@@ -96,11 +118,11 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.clock = clock or wall_clock
+    app.state.clock = clock or CityClockReader(settings)
     app.state.api_keys = api_keys(settings)
     app.state.metrics = metrics
     app.state.serving, app.state.load_error = None, None
-    metrics.registry.register(StateCollector(lambda: app.state.serving))
+    metrics.registry.register(StateCollector(lambda: app.state.serving, lambda: app.state.settings))
     for module in (health, forecast, heatmap, recommendations, cells, model, livemap):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

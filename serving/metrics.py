@@ -1,5 +1,6 @@
 """Prometheus metrics: request counts and latency per route (a pure ASGI middleware, cheap per request),
-plus gauges read from the serving state at scrape time (feature age, model version, degraded cells)."""
+plus gauges read at scrape time from the serving state (feature lag, model version, degraded cells) and from
+the last bucket update's status file (its stages, its latency, the published bucket)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,31 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from pulse.settings import PulseSettings
+from serving.live import last_bucket_update
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class StateCollector(Collector):
-    """Gauges computed from the serving state when Prometheus scrapes."""
+    """Gauges computed from the serving state and the bucket update's status when Prometheus scrapes."""
 
-    def __init__(self, get_state: Callable[[], object]) -> None:
+    def __init__(self, get_state: Callable[[], object], get_settings: Callable[[], PulseSettings]) -> None:
         self.get_state = get_state
+        self.get_settings = get_settings
+        self.published_end: float | None = None  # kept through a failed update, whose status names no published bucket
 
     def collect(self):
+        yield from self.bucket_update()
         state = self.get_state()
         if state is None:
             return
-        age = state.feature_age_seconds()
-        g = GaugeMetricFamily("pulse_feature_age_seconds", "Clock minus the newest online feature timestamp.")
-        if age is not None:
-            g.add_metric([], age)
-            yield g
+        lag = state.feature_lag_seconds()
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "pulse_feature_lag_seconds", "City clock minus the newest online feature timestamp.", value=lag
+            )
+            yield GaugeMetricFamily("pulse_feature_age_seconds", "Same as pulse_feature_lag_seconds.", value=lag)
         yield GaugeMetricFamily(
             "pulse_online_store_up", "1 when the last online store read succeeded.", value=0 if state.store_error else 1
         )
@@ -48,6 +56,41 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "pulse_feature_refresh_errors", "Failed online store reads since start.", value=state.refresh_errors
         )
+
+    def bucket_update(self):
+        """The last bucket update (``live/status.json``), nothing without one."""
+        update = last_bucket_update(self.get_settings())
+        if update is None:
+            return
+        if update.published is not None:
+            yield GaugeMetricFamily(
+                "pulse_bucket_update_published",
+                "1 when the last bucket update was published.",
+                value=int(update.published),
+            )
+        if update.stages:
+            g = GaugeMetricFamily(
+                "pulse_bucket_update_stage_seconds",
+                "Wall seconds of each stage of the last bucket update.",
+                labels=["stage"],
+            )
+            for stage, seconds in update.stages.items():
+                g.add_metric([stage], seconds)
+            yield g
+        if update.latency_seconds is not None:
+            yield GaugeMetricFamily(
+                "pulse_bucket_update_latency_seconds",
+                "Wall seconds from the last published bucket's close to its publication.",
+                value=update.latency_seconds,
+            )
+        if update.published and update.bucket_end is not None:
+            self.published_end = update.bucket_end.timestamp()
+        if self.published_end is not None:
+            yield GaugeMetricFamily(
+                "pulse_bucket_published_end_timestamp_seconds",
+                "End of the last published bucket (city time, unix seconds).",
+                value=self.published_end,
+            )
 
 
 class Metrics:

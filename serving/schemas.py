@@ -77,7 +77,10 @@ class HeatmapCell(BaseModel):
 class Heatmap(BaseModel):
     service_type: int
     horizon_min: int
-    reference: datetime = Field(description="The forecasts' 'now': the newest feature timestamp in the store.")
+    reference: datetime = Field(
+        description="The forecasts' 'now': the end of the city clock's last closed bucket with the clock check on "
+        "(production, live), else the newest feature timestamp in the store."
+    )
     model_version: str | None
     degraded_cells: int = Field(description="How many cells are served by the fallback.")
     cells: list[HeatmapCell]
@@ -162,12 +165,33 @@ class Health(BaseModel):
     detail: str | None = None
 
 
+class BucketUpdate(BaseModel):
+    bucket_end: datetime | None = Field(description="End of the bucket the last update was for (UTC).")
+    window_start: datetime | None = Field(description="Start of the window that update recomputed (UTC).")
+    published: bool | None = Field(description="Whether that update reached the online store.")
+    error: str | None = Field(description="Why it was not published, if it was not.")
+    published_at: datetime | None = Field(description="Wall time of its publication (UTC).")
+    latency_seconds: float | None = Field(description="Wall seconds from the bucket's close to its publication.")
+    stages: dict[str, float] = Field(description="Wall seconds per stage (intake, dbt, checks, export, online, total).")
+    late_rows: int | None = Field(description="Events that arrived after the bucket settled.")
+    quarantined_rows: int | None = Field(description="Rows the update quarantined.")
+
+
 class Ready(BaseModel):
     ready: bool = Field(description="Model loaded and online features readable and fresh.")
     model_version: str | None
     model_source: str | None = Field(description="registry or cache.")
-    reference: datetime | None = Field(description="Newest feature timestamp in the online store ('now').")
+    reference: datetime | None = Field(
+        description="The forecasts' 'now': the end of the city clock's last closed bucket with the clock check on "
+        "(production, live), else the newest feature timestamp in the online store."
+    )
     feature_read_at: datetime | None = Field(description="When the online store was last read successfully.")
     cells: int = Field(description="Cell × service type entries served.")
     degraded_cells: int
     reasons: list[str] = Field(description="Why the server is not ready, or what is degraded.")
+    now: datetime = Field(description="The city clock (UTC): the wall clock, or a live demo's simulated clock.")
+    newest_feature_ts: datetime | None = Field(description="Newest feature timestamp in the online store (UTC).")
+    feature_lag_seconds: float | None = Field(description="now minus newest_feature_ts.")
+    bucket_update: BucketUpdate | None = Field(
+        description="The last bucket update (PULSE_HOME/live/status.json); null without a bucket updater."
+    )

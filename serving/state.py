@@ -5,7 +5,8 @@ them + cached JSON); the background refreshers build a new one and swap the refe
 half of an update and never waits for one, and every answer names the model version its numbers come from.
 
 * Features: every ``feature_refresh_seconds`` one bulk ``get_online_features`` call for all served cells,
-  run in the background child process (:mod:`serving.background`) so its Python never holds this GIL.
+  run in the background child process (:mod:`serving.background`) so its Python never holds this GIL; in
+  live mode also as soon as a bucket update's status changes (:mod:`serving.live`).
   When the store fails, the last snapshot keeps serving for ``store_grace_seconds``; after that every cell
   gets the climatology fallback, and ``/ready`` says why from the first failure on.
 * Model: every ``model_poll_seconds`` the version behind ``@champion`` (asked in the child process too) is
@@ -358,9 +359,13 @@ class ServingState:
             reasons.append(f"{self.registry_error}; the loaded model keeps serving")
         return ready, reasons
 
-    def feature_age_seconds(self) -> float | None:
+    def newest_feature_ts(self) -> datetime | None:
         view = self.view
-        newest = view.features.newest if view is not None and view.features is not None else None
+        return view.features.newest if view is not None and view.features is not None else None
+
+    def feature_lag_seconds(self) -> float | None:
+        """The city clock minus the newest online feature timestamp."""
+        newest = self.newest_feature_ts()
         return None if newest is None else (self.clock() - newest).total_seconds()
 
     def degraded_share(self) -> float:

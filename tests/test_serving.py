@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from pulse.domain.clock import CityClock
 from pulse.settings import MODEL_NAME, PulseSettings
 from serving.app import create_app
 
@@ -60,10 +61,11 @@ def fast_mlflow_failures(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 
 
-def make_settings(home: Path, servers: dict | None = None, **serving) -> PulseSettings:
-    """A test server's settings: ``serving`` fields as keywords, background refreshes slow unless asked."""
+def make_settings(home: Path, servers: dict | None = None, live: bool = False, **serving) -> PulseSettings:
+    """A test server's settings: ``serving`` fields as keywords, background refreshes slow unless asked;
+    ``live`` turns live mode on (the city clock, and with it the clock check of one bucket)."""
     base = {"feature_refresh_seconds": 3600, "model_poll_seconds": 30, "store_grace_seconds": 0}
-    return PulseSettings(home=home, serving={**base, **serving}, servers=servers or {})
+    return PulseSettings(home=home, serving={**base, **serving}, servers=servers or {}, live={"enabled": live})
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,49 @@ def newest_feature_ts(home: Path) -> datetime:
         con.execute("SET TimeZone = 'UTC'")
         files = home / "feast" / "offline" / "demand_features" / "*.parquet"
         return con.execute(f"SELECT max(feature_ts) FROM read_parquet('{files}')").fetchone()[0]
+
+
+def write_online_row(home: Path, hex_id: str, service_type: int, feature_ts: datetime, row_of: datetime) -> None:
+    """Make the online store hold, for one cell, the offline row of ``row_of`` stamped ``feature_ts``: an aged
+    row when it is earlier than the newest, a newly published bucket when it is later."""
+    import duckdb
+    import pandas as pd
+
+    from pulse.data.contract import FEATURE_VIEW
+    from pulse.stores.feature_store import open_store
+
+    files = home / "feast" / "offline" / "demand_features" / "*.parquet"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(
+            f"SELECT * FROM read_parquet('{files}') WHERE hex_id = ? AND service_type = ? AND feature_ts = ?",
+            [hex_id, service_type, row_of],
+        ).df()
+    assert len(row) == 1
+    row["feature_ts"] = pd.Timestamp(feature_ts)
+    open_store(make_settings(home)).write_to_online_store(FEATURE_VIEW, row)
+
+
+def write_status(settings: PulseSettings, body: dict) -> None:
+    """What the bucket updater writes after each publish: ``live/status.json``, replaced atomically."""
+    import json
+    import os
+
+    settings.live_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.live_dir / "status.json.tmp"
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, settings.live_dir / "status.json")
+
+
+def metric_values(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def free_port() -> int:
@@ -419,23 +464,11 @@ def test_missing_online_features_for_a_cell_fall_back_to_climatology(home, cells
 
 
 def test_aged_features_for_a_cell_are_stale(home, cells):
-    from pulse.data.contract import FEATURE_VIEW
-    from pulse.stores.feature_store import open_store
-
     victim = cells[4]
     newest = newest_feature_ts(home)
-    files = home / "feast" / "offline" / "demand_features" / "*.parquet"
-    import duckdb
-
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        old = con.execute(
-            f"SELECT * FROM read_parquet('{files}') WHERE hex_id = ? AND service_type = 2 AND feature_ts = ?",
-            [victim, newest - timedelta(hours=3)],
-        ).df()
-    assert len(old) == 1
+    three_hours_ago = newest - timedelta(hours=3)
+    write_online_row(home, victim, 2, three_hours_ago, row_of=three_hours_ago)  # the cell's row is 3 hours old
     settings = make_settings(home)
-    open_store(settings).write_to_online_store(FEATURE_VIEW, old)  # the cell's row is now 3 hours old
     with TestClient(create_app(settings)) as c:
         body = c.get("/v1/forecast", params={"hex_id": victim, "service_type": 2}).json()
         assert body["degraded"] is True and "180 min older than the newest" in body["degraded_reason"]
@@ -461,6 +494,136 @@ def test_wall_clock_check_degrades_a_lagging_store(pristine, cells):
         assert body["degraded"] is True and "behind the clock" in body["degraded_reason"]
         assert datetime.fromisoformat(body["origin"]) == newest + timedelta(hours=2)  # the clock's bucket
         assert "pulse_feature_age_seconds 7620.0" in c.get("/metrics").text
+
+
+# -- the city clock ----------------------------------------------------------------------------------------
+def test_ready_follows_the_city_clock_a_live_run_writes_after_the_start(home, cells):
+    """Live mode without a demo clock is the wall clock, by which the tiny city's data is weeks old; the clock a
+    `pulse live` run then writes is read without a restart, and the table follows it at its next refresh."""
+    newest = newest_feature_ts(home)
+    settings = make_settings(home, live=True)
+    params = {"hex_id": cells[0], "service_type": 1}
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/ready")
+        body = r.json()
+        assert r.status_code == 503 and "behind the clock (limit 15 min)" in " ".join(body["reasons"])
+        assert abs(datetime.fromisoformat(body["now"]) - datetime.now(UTC)) < timedelta(seconds=10)
+        assert body["bucket_update"] is None  # no bucket updater ran
+
+        start = newest + timedelta(minutes=7)
+        CityClock.simulated(start, speed=1e-6).save(settings.live_dir)  # all but stopped: `now` is known
+        body = c.get("/ready").json()
+        now = datetime.fromisoformat(body["now"])
+        assert timedelta(0) <= now - start < timedelta(seconds=1)
+        assert datetime.fromisoformat(body["newest_feature_ts"]) == newest
+        assert body["feature_lag_seconds"] == pytest.approx((now - newest).total_seconds())
+        assert body["feature_lag_seconds"] == pytest.approx(420, abs=1)
+        assert c.get("/v1/forecast", params=params).json()["degraded"] is True  # the table is the old clock's
+
+        c.app.state.serving.refresh_features()
+        r = c.get("/ready")
+        assert r.status_code == 200 and datetime.fromisoformat(r.json()["reference"]) == newest, r.text
+        forecast = c.get("/v1/forecast", params=params).json()
+        assert forecast["source"] == "model" and datetime.fromisoformat(forecast["origin"]) == newest
+
+
+def test_clock_check_degrades_a_cell_over_a_bucket_behind_and_serves_one_in_flight(home, cells):
+    """The bucket ending at newest + 15 min closed 50 s ago: its update is in flight, so the store is one bucket
+    behind the clock and serves; a cell whose row is a bucket older still is degraded. Once the store is two
+    buckets behind, every cell is."""
+    newest = newest_feature_ts(home)
+    behind = (cells[4], 2)
+    write_online_row(home, *behind, newest - timedelta(minutes=15), row_of=newest - timedelta(minutes=15))
+    now = {"t": newest + timedelta(minutes=15, seconds=50)}
+    with TestClient(create_app(make_settings(home, live=True), clock=lambda: now["t"])) as c:
+        r = c.get("/ready")
+        body = r.json()
+        assert r.status_code == 200 and body["degraded_cells"] == 1, r.text
+        assert datetime.fromisoformat(body["reference"]) == newest + timedelta(minutes=15)
+        in_flight = c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1}).json()
+        assert in_flight["source"] == "model" and in_flight["degraded"] is False
+        assert (
+            datetime.fromisoformat(in_flight["origin"])
+            == newest
+            == datetime.fromisoformat(in_flight["feature_timestamp"])
+        )
+        stale = c.get("/v1/forecast", params={"hex_id": behind[0], "service_type": behind[1]}).json()
+        assert stale["source"] == "climatology" and stale["degraded"] is True
+        assert stale["degraded_reason"] == "online features are 30 min behind the clock (limit 15 min)"
+        assert datetime.fromisoformat(stale["origin"]) == newest + timedelta(minutes=15)
+        assert c.get("/v1/forecast", params={"hex_id": behind[0], "service_type": 1}).json()["degraded"] is False
+
+        now["t"] += timedelta(minutes=15)  # the next bucket closed too and nothing was published
+        c.app.state.serving.refresh_features()
+        r = c.get("/ready")
+        assert r.status_code == 503
+        assert "the online store is 30 min behind the clock (limit 15 min)" in r.json()["reasons"][0]
+        assert r.json()["degraded_cells"] == r.json()["cells"]
+
+
+def test_live_mode_reads_a_bucket_as_soon_as_its_update_status_is_written(home, cells):
+    """The feature refresh period is an hour here: only the status watch can bring the new bucket in."""
+    newest = newest_feature_ts(home)
+    settings = make_settings(home, live=True)
+    params = {"hex_id": cells[0], "service_type": 1}
+    with TestClient(create_app(settings, clock=lambda: newest + timedelta(minutes=15, seconds=40))) as c:
+        assert datetime.fromisoformat(c.get("/v1/forecast", params=params).json()["origin"]) == newest
+        write_online_row(home, cells[0], 1, newest + timedelta(minutes=15), row_of=newest)  # the online stage
+        assert datetime.fromisoformat(c.get("/v1/forecast", params=params).json()["origin"]) == newest
+        write_status(settings, {"bucket_end": (newest + timedelta(minutes=15)).isoformat(), "published": True})
+        written = time.monotonic()
+        while datetime.fromisoformat(c.get("/v1/forecast", params=params).json()["origin"]) == newest:
+            assert time.monotonic() - written < 10, "the published bucket was not read within 10 s"
+            time.sleep(0.1)
+        body = c.get("/v1/forecast", params=params).json()
+        assert body["source"] == "model" and datetime.fromisoformat(body["origin"]) == newest + timedelta(minutes=15)
+
+
+def test_metrics_and_ready_show_the_last_bucket_update(home):
+    newest = newest_feature_ts(home)
+    dsn = "clickhouse://pulse:ch-secret-42@127.0.0.1:9000/pulse"
+    settings = make_settings(home, servers={"clickhouse_dsn": dsn})
+    stages = {"intake": 1.5, "dbt": 20.25, "checks": 3.0, "export": 4.0, "online": 2.5, "total": 31.25}
+    published = {
+        "bucket_end": newest.isoformat(),
+        "window_start": (newest - timedelta(hours=2)).isoformat(),
+        "published": True,
+        "error": None,
+        "closed_at_wall": 1_800_000_000.0,
+        "published_at_wall": 1_800_000_042.5,
+        "stages": stages,
+        "rows": {"ride_requests": 120},
+        "late_rows": 3,
+        "quarantined_rows": 1,
+    }
+    write_status(settings, published)
+    with TestClient(create_app(settings, clock=lambda: newest + timedelta(minutes=5))) as c:
+        values = metric_values(c.get("/metrics").text)
+        for stage, seconds in stages.items():
+            assert values[("pulse_bucket_update_stage_seconds", (("stage", stage),))] == seconds
+        assert values[("pulse_bucket_update_latency_seconds", ())] == 42.5
+        assert values[("pulse_bucket_update_published", ())] == 1
+        assert values[("pulse_bucket_published_end_timestamp_seconds", ())] == newest.timestamp()
+        assert values[("pulse_feature_lag_seconds", ())] == 300.0
+        update = c.get("/ready").json()["bucket_update"]
+        assert datetime.fromisoformat(update["bucket_end"]) == newest and update["published"] is True
+        assert update["latency_seconds"] == 42.5 and update["stages"] == stages and update["late_rows"] == 3
+        assert datetime.fromisoformat(update["published_at"]).timestamp() == 1_800_000_042.5
+
+        # The next update failed (and its status lacks most keys): the published bucket stays what it was.
+        failed = {"bucket_end": (newest + timedelta(minutes=15)).isoformat(), "published": False, "error": dsn}
+        write_status(settings, failed)
+        values = metric_values(c.get("/metrics").text)
+        assert values[("pulse_bucket_update_published", ())] == 0
+        assert values[("pulse_bucket_published_end_timestamp_seconds", ())] == newest.timestamp()
+        assert not any(name.startswith("pulse_bucket_update_stage") for name, _ in values)
+        assert ("pulse_bucket_update_latency_seconds", ()) not in values
+        update = c.get("/ready").json()["bucket_update"]
+        assert update["published"] is False and update["latency_seconds"] is None and update["stages"] == {}
+        assert update["error"] == "clickhouse://pulse:***@127.0.0.1:9000/pulse"  # /ready is open
+
+        (settings.live_dir / "status.json").write_text("{not json")
+        assert c.get("/ready").json()["bucket_update"] is None and c.get("/metrics").status_code == 200
 
 
 def test_online_store_deleted_while_serving_and_at_start(home, cells):

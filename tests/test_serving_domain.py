@@ -1,5 +1,5 @@
-"""The serving domain logic in `pulse/` on small hand-made inputs: surge, repositioning, explanations
-(the climatology fallback: tests/test_climatology.py)."""
+"""The serving domain logic in `pulse/` on small hand-made inputs: surge, repositioning, explanations, the
+forecasts' reference time (the climatology fallback: tests/test_climatology.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from pulse.domain import explain
 from pulse.domain.surge import surge_multiplier, surge_multipliers
-from pulse.forecasts.forecast_table import CellForecast, HorizonForecast, parse_horizons
+from pulse.forecasts.forecast_table import CellForecast, HorizonForecast, parse_horizons, reference_time
 from pulse.forecasts.repositioning import confidence, pick_horizon, plan_moves
 from pulse.model.forecasting import BadRequest
+from pulse.settings import PulseSettings
 
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)  # a Monday
 
@@ -109,3 +110,21 @@ def test_explanations_group_contributions_into_effects_vs_usual():
     assert factors[0].text == "event exit nearby: +22% vs usual for this time"
     assert factors[1].effect_pct == pytest.approx(100 * (np.exp(0.1) - 1), abs=0.1)
     assert explain.summary([]) == "close to usual for this time"
+
+
+def test_the_clock_check_is_on_in_production_and_live_mode(tmp_path):
+    local = PulseSettings(home=tmp_path, profile="local")
+    production = PulseSettings(home=tmp_path, profile="production")
+    live = PulseSettings(home=tmp_path, profile="local", live={"enabled": True})
+    assert local.store_lag_limit_minutes is None
+    assert production.store_lag_limit_minutes == live.store_lag_limit_minutes == 15
+    assert PulseSettings(home=tmp_path, serving={"max_store_lag_minutes": 60}).store_lag_limit_minutes == 60
+
+    now = T0 + timedelta(minutes=15 + 14, seconds=59)  # the bucket ending at T0 + 15 min is the last closed
+    # On: "now" is the end of the last closed bucket; a store one bucket behind it serves, two do not.
+    assert reference_time(T0, None, now, production) == (T0 + timedelta(minutes=15), None)
+    reference, reason = reference_time(T0 - timedelta(minutes=15), None, now, production)
+    assert reference == T0 + timedelta(minutes=15)
+    assert reason == "the online store is 30 min behind the clock (limit 15 min)"
+    # Off: "now" is the store's newest row, however old.
+    assert reference_time(T0 - timedelta(days=30), None, now, local) == (T0 - timedelta(days=30), None)

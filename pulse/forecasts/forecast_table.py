@@ -5,11 +5,16 @@ background whenever either does, and answers requests by looking entries up. A c
 are missing or stale, or every cell when the online store is unreachable or there is no model, gets the
 time-of-week climatology instead, flagged ``degraded`` with the reason.
 
-Time. A forecast is made at its origin, the ``feature_ts`` of the cell's feature row. "Now" (the
-``reference``) is the newest feature timestamp the store holds: a cell more than ``max_feature_age_minutes``
-behind it is stale. That judges demo data that ended yesterday by its own clock. The optional wall-clock
-check (``max_store_lag_minutes``) compares the store's newest row with the injected clock instead: when the
-whole store lags, every cell degrades and the fallback is made for the clock's current bucket.
+Time. A forecast is made at its origin, the ``feature_ts`` of the cell's feature row (the end of the bucket it
+describes). "Now" (the ``reference``) depends on the clock check (``settings.store_lag_limit_minutes``):
+
+* On (production, live): the end of the city clock's last closed bucket. A cell whose newest row is more than
+  the limit (one bucket by default) behind it is stale; a cell exactly one bucket behind is current, its
+  update in flight. When the whole store is that far behind, every cell degrades with one reason.
+* Off (local demo data that ended yesterday): the newest feature timestamp the store holds, so old data is
+  judged by its own clock; a cell more than ``max_feature_age_minutes`` behind it is stale.
+
+Fallback forecasts are made from the reference's bucket.
 """
 
 from __future__ import annotations
@@ -101,15 +106,20 @@ def parse_horizons(text: str | list[int], served: list[int]) -> tuple[int, ...]:
 def reference_time(
     newest_feature: datetime | None, climatology: Climatology | None, now: datetime, settings: PulseSettings
 ) -> tuple[datetime, str | None]:
-    """The table's "now" and, when the wall-clock check fails, the reason every cell is degraded."""
+    """The table's "now" and, when the clock check fails for the whole store, the reason every cell is degraded.
+
+    The store's lag is measured from the last closed bucket, not from ``now``: until a bucket's update lands,
+    the store is one bucket behind by design."""
     newest = newest_feature or (climatology.newest if climatology else None)
-    if settings.serving.max_store_lag_minutes is not None:
-        lag = now - newest if newest else None
-        if lag is None or lag > timedelta(minutes=settings.serving.max_store_lag_minutes):
-            behind = "has no features" if lag is None else f"is {_minutes(lag)} behind the clock"
-            return bucket_floor(now), f"the online store {behind} (limit {settings.serving.max_store_lag_minutes} min)"
-        return newest, None
-    return (newest or bucket_floor(now)), None
+    limit = settings.store_lag_limit_minutes
+    if limit is None:
+        return (newest or bucket_floor(now)), None
+    reference = bucket_floor(now)
+    lag = reference - newest if newest else None
+    if lag is None or lag > timedelta(minutes=limit):
+        behind = "has no features" if lag is None else f"is {_minutes(lag)} behind the clock"
+        return reference, f"the online store {behind} (limit {limit} min)"
+    return reference, None
 
 
 def build_table(
@@ -141,13 +151,17 @@ def build_table(
         frame = features.set_index(["hex_id", "service_type"], drop=False)
         frame = frame[~frame.index.duplicated()].reindex(pd.MultiIndex.from_tuples(entities))
         present = frame["feature_ts"].notna() & frame["requests"].notna()
-        limit = timedelta(minutes=settings.serving.max_feature_age_minutes)
+        clock_limit = settings.store_lag_limit_minutes
+        if clock_limit is None:
+            limit, behind = timedelta(minutes=settings.serving.max_feature_age_minutes), "older than the newest"
+        else:
+            limit, behind = timedelta(minutes=clock_limit), "behind the clock"
         age = pd.Timestamp(reference) - frame["feature_ts"]
         stale = present & (age > limit)
         for key in frame.index[~present]:
             reasons[key] = "no online features for this cell"
         for key, a in zip(frame.index[stale], age[stale], strict=True):
-            reasons[key] = f"online features are {_minutes(a)} older than the newest (limit {_minutes(limit)})"
+            reasons[key] = f"online features are {_minutes(a)} {behind} (limit {_minutes(limit)})"
         fresh = frame[present & ~stale].reset_index(drop=True)
 
     cells: dict[tuple[str, int], CellForecast] = {}
