@@ -3,7 +3,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const REFRESH_MS = 30000;
+const REFRESH_MS = 5000; // a live city publishes a bucket every 90 s at 10x: the map follows within seconds
 const state = {
   key: null,
   serviceTypes: [1, 2],
