@@ -68,7 +68,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, pulse: Pu
     # dbt's process writes the warehouse: it runs under the city's writer lock, and row counts are read after it
     # exits (it holds DuckDB's file until then).
     with warehouse.writer(settings):
-        with _environment(window):  # the dbt subprocess copies the environment when it starts
+        with environment(window):  # the dbt subprocess copies the environment when it starts
             invocation = dbt.cli(BUILD_ARGS + ["--vars", json.dumps(dbt_vars(settings))], context=context)
         events = list(invocation.stream())
     with warehouse.connect(settings) as con:
@@ -91,7 +91,7 @@ def row_counts(con, relation: str, start, end) -> dict[str, int]:
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:

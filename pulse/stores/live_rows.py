@@ -95,7 +95,7 @@ def compare(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) 
             continue
         paths = ", ".join(f"'{p}'" for p in files)
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _live AS SELECT * FROM read_parquet([{paths}]) "
+            f"CREATE OR REPLACE TEMP TABLE _live AS SELECT * FROM read_parquet([{paths}], hive_partitioning = false) "
             "WHERE bucket_start IN (SELECT unnest(?::TIMESTAMP[]))",
             [buckets],
         )
