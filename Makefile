@@ -6,8 +6,8 @@ export DAGSTER_HOME ?= $(PULSE_HOME)/dagster
 UV := python3 -m uv
 VENV := .venv/.synced
 
-.PHONY: install system-deps browser demo test lint format clean check-defs services services-stop bench-serving bench-forecast \
-	bench-pipeline
+.PHONY: install system-deps browser demo live test lint format clean check-defs services services-stop bench-serving \
+	bench-forecast bench-pipeline bench-live
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -52,6 +52,14 @@ demo: install
 	$(UV) run --frozen pulse materialize --missing
 	$(UV) run --frozen pulse up
 
+# The city after its history, live (README "Live"): builds the demo history when missing, then `pulse live` at 10x
+# (a bucket every 90 s; SPEED=1 is real time). Ctrl-C stops the stream, the API and the Dagster UI.
+SPEED ?= 10
+live: install
+	$(UV) run --frozen pulse simulate --if-missing
+	$(UV) run --frozen pulse materialize --missing
+	$(UV) run --frozen pulse live --speed $(SPEED)
+
 lint: install
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
@@ -84,3 +92,8 @@ bench-pipeline: install
 
 clean:
 	rm -rf $(PULSE_HOME) dbt_project/target
+
+# The bucket clock benchmark (README "Live"): close of a bucket to the API answering from it, on the demo city
+# and on the large city of bench-pipeline (its 28-day history is built under bench/results/tmp/large when missing).
+bench-live: install
+	$(UV) run --frozen python -m bench.live_latency --write-readme

@@ -1,0 +1,286 @@
+"""Bucket clock benchmark: from a bucket's close to the API answering from it, on the demo city and the large city.
+
+    make bench-live      # = .venv/bin/python -m bench.live_latency [--cities demo,large] [--buckets 8]
+
+Each city runs the real `pulse live` (stream, bucket updates with every row check, the API as a child process)
+on a copy of a materialised history, while a separate load process sends the API a mix of `/v1/forecast` queries
+over every served cell at ``--rate`` (200 req/s), scheduled on a clock (a stalled server shows in the tail).
+This process polls `/ready` every 0.2 s and notes when each bucket's end first shows as the API's newest
+feature time: the latency of a bucket is that wall instant minus the wall instant the city clock passed the
+bucket's end (``live/clock.json``). The update's own time (close to online write) is what `pulse live` prints.
+
+* **demo**: the default simulated city (331 cells, 45k requests a day, 28 days), built in ``--demo-home``
+  (default ``bench/results/tmp/default``) by `pulse simulate` and `pulse materialize` when missing.
+* **large**: the day of `bench/pipeline_throughput.py` (721 cells, 1× ≈ 5.2 million events a day) after 28 days
+  of history materialised with every check, the last one through the whole pipeline (a champion). It runs twice:
+  the day's first buckets, then (the stream fast-forwarded) buckets late in the day: an update's cost must not
+  grow with the hours already taken in.
+
+The city clock runs at ``--speed`` (default 30 for the demo: a bucket every 30 s; 20 for the large city). An
+update's work is that of its bucket whatever the speed; a faster clock leaves less idle time between updates, so
+the figures bound those of the real-time rate from above as long as an update is shorter than a bucket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README_START, README_END = "<!-- live-bench:start -->", "<!-- live-bench:end -->"
+BUCKET = timedelta(minutes=15)
+
+
+def get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def copy_city(source: Path, target: Path) -> Path:
+    """The history to run live on, copied so the cached city stays as built (its embedded ClickHouse stays
+    behind: the bucket clock does not use it)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("snapshots", "*.lock", "clickhouse", "live"))
+    from feature_repo.repository import apply_repository
+    from pulse.settings import PulseSettings
+
+    apply_repository(PulseSettings(home=target))  # the copy's own offline folder
+    return target
+
+
+def served_cells(home: Path) -> list[str]:
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
+
+
+def live_run(home: Path, speed: float, hours: float, rate: float, label: str) -> dict:
+    """One `pulse live` run with the API under load; per bucket, the update's and the API's latency."""
+    from bench.serving_bench import forecast_mix, free_port, load
+
+    port = free_port()
+    env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    (home / "live" / "clock.json").unlink(missing_ok=True)
+    cmd = [str(Path(sys.executable).parent / "pulse"), "live", "--speed", str(speed), "--no-ui"]
+    cmd += ["--api-port", str(port), "--hours", str(hours)]
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-live-{label}-", suffix=".log", delete=False, mode="w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    first_seen: dict[datetime, float] = {}
+    loads: list[dict] = []
+    try:
+        while proc.poll() is None:
+            try:
+                ready = get_json(port, "/ready")
+                break
+            except OSError:
+                time.sleep(0.5)
+        mix = tempfile.NamedTemporaryFile(prefix="bench-live-mix-", suffix=".json", delete=False, mode="w")  # noqa: SIM115
+        json.dump(forecast_mix(served_cells(home), [1, 2], [30, 60, 90]), mix)
+        mix.close()
+
+        def load_forever() -> None:
+            while proc.poll() is None:
+                loads.append(load({"port": port, "raws_file": mix.name, "mode": "open", "rate": rate, "seconds": 20}))
+
+        loader = threading.Thread(target=load_forever, daemon=True)
+        loader.start()
+        while proc.poll() is None:
+            try:
+                ready = get_json(port, "/ready")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            newest = ready.get("newest_feature_ts")
+            if newest:
+                first_seen.setdefault(datetime.fromisoformat(newest.replace("Z", "+00:00")), time.time())
+            time.sleep(0.2)
+        loader.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    output = Path(log.name).read_text()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pulse live failed; see {log.name}:\n{output[-2000:]}")
+    from pulse.domain.clock import CityClock
+
+    clock = CityClock.load(home / "live")
+    updates = [
+        (datetime.fromisoformat(t + "+00:00"), float(s), dict(re.findall(r"(\w+) ([\d.]+)s", stages)))
+        for t, s, stages in re.findall(r"bucket (\S+ \S+) online ([\d.]+) s after its close \(([^)]*)\)", output)
+    ]
+    buckets = []
+    for end, update_seconds, stages in updates:
+        seen = first_seen.get(end)
+        buckets.append(
+            {
+                "bucket_end": end.isoformat(),
+                "update_seconds": update_seconds,
+                "stages": {k: float(v) for k, v in stages.items()},
+                "api_seconds": None if seen is None else seen - clock.wall_at(end),
+            }
+        )
+    api = [b["api_seconds"] for b in buckets if b["api_seconds"] is not None]
+    return {
+        "label": label,
+        "speed": speed,
+        "buckets": buckets,
+        "api_latency": _summary(api),
+        "update_latency": _summary([b["update_seconds"] for b in buckets]),
+        "missed": [b["bucket_end"] for b in buckets if b["api_seconds"] is None],
+        "load": loads,
+        "load_p99_ms": max((ld.get("p99_ms", float("nan")) for ld in loads), default=float("nan")),
+        "load_errors": sum(ld.get("errors", 0) for ld in loads),
+        "log": log.name,
+    }
+
+
+def _summary(values: list[float]) -> dict:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    return {"n": len(a), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "max": float(a.max())}
+
+
+# -- cities ----------------------------------------------------------------------------------------------
+def demo(args) -> list[dict]:
+    from bench.serving_bench import ensure_city
+
+    ensure_city(args.demo_home)
+    home = copy_city(args.demo_home, args.work / "demo")
+    return [live_run(home, args.speed, args.buckets / 4, args.rate, "demo")]
+
+
+def large(args) -> list[dict]:
+    from bench import pipeline_throughput as pt
+
+    history = args.large_home
+    if not (history / "landing" / "truth" / "city_config.json").exists() or not _has_champion(history):
+        build_large(history)
+    home = copy_city(history, args.work / "large")
+    early = live_run(home, args.large_speed, args.buckets / 4, args.rate, "large, day's first buckets")
+    # Late in the day: the stream lands everything up to 20:00 at once (the first update catches up on it),
+    # then the buckets after it are measured like the first ones.
+    os.environ["PULSE_HOME"] = str(home)
+    from pulse.data.stream import CityStream
+    from pulse.settings import PulseSettings
+
+    stream = CityStream(PulseSettings(home=home))
+    stream.emit(datetime.combine(pt.DAY, datetime.min.time(), UTC) + timedelta(hours=20))
+    late = live_run(home, args.large_speed, args.buckets / 4 + 0.25, args.rate, "large, after 20 h of the day")
+    late["catch_up"] = late["buckets"][:1]
+    late["buckets"] = late["buckets"][1:]
+    late["api_latency"] = _summary([b["api_seconds"] for b in late["buckets"] if b["api_seconds"] is not None])
+    late["update_latency"] = _summary([b["update_seconds"] for b in late["buckets"]])
+    return [early, late]
+
+
+def _has_champion(home: Path) -> bool:
+    from pulse.lifecycle import registry
+    from pulse.settings import PulseSettings
+
+    settings = PulseSettings(home=home)
+    return (settings.mlflow_dir / "mlflow.db").exists() and bool(registry.alias_version(settings, registry.CHAMPION))
+
+
+def build_large(home: Path) -> None:
+    """28 days of the large city as `bench/pipeline_throughput.py` builds them, then the last day through the whole
+    pipeline (`pulse materialize`: the current states, a champion)."""
+    from bench import pipeline_throughput as pt
+
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "dagster").mkdir()
+    os.environ["PULSE_HOME"] = str(home)
+    print(f"building the large city's history in {home}", flush=True)
+    pt.build_history(home)
+    env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    last = (pt.DAY - timedelta(days=1)).isoformat()
+    pulse = str(Path(sys.executable).parent / "pulse")
+    subprocess.run([pulse, "materialize", "--start", last, "--end", last], env=env, check=True)
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def markdown(runs: list[dict], info: dict) -> str:
+    lines = [
+        f"`make bench-live` ({info['when']}, {info['cores']} cores, load average {info['load_before']} before, "
+        f"{info['load_after']} after; API under a `/v1/forecast` mix at {info['rate']:g} req/s throughout).",
+        "",
+        "| city | clock | buckets | close → API answers (p50 / p95 / max) | close → online (p50 / p95 / max) "
+        "| API p99 under load (worst 20 s window) | load errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        a, u = r["api_latency"], r["update_latency"]
+        lines.append(
+            f"| {r['label']} | {r['speed']:g}× | {a.get('n', 0)} | {_fmt(a)} | {_fmt(u)} | "
+            f"{r['load_p99_ms']:.1f} ms | {r['load_errors']} |"
+        )
+    lines += ["", "Seconds per stage of an update (median over the run's buckets):", ""]
+    stages = ["intake", "dbt", "checks", "export", "online", "total"]
+    lines += ["| city | " + " | ".join(stages) + " |", "| --- |" + " --- |" * len(stages)]
+    for r in runs:
+        med = {s: np.median([b["stages"].get(s, np.nan) for b in r["buckets"]]) for s in stages}
+        lines.append(f"| {r['label']} | " + " | ".join(f"{med[s]:.1f}" for s in stages) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['p50']:.1f} / {s['p95']:.1f} / {s['max']:.1f} s" if s else "–"
+
+
+def write_readme(block: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cities", default="demo,large")
+    ap.add_argument("--buckets", type=int, default=8)
+    ap.add_argument("--speed", type=float, default=30.0, help="demo city clock speed")
+    ap.add_argument("--large-speed", type=float, default=20.0)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--demo-home", type=Path, default=RESULTS / "tmp" / "default")
+    ap.add_argument("--large-home", type=Path, default=RESULTS / "tmp" / "large")
+    ap.add_argument("--work", type=Path, default=RESULTS / "tmp" / "live")
+    ap.add_argument("--write-readme", action="store_true")
+    args = ap.parse_args()
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    runs: list[dict] = []
+    for city in args.cities.split(","):
+        runs += {"demo": demo, "large": large}[city](args)
+    info = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "rate": args.rate,
+    }
+    block = markdown(runs, info)
+    print(block)
+    (RESULTS / "live_latency.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2, default=str))
+    (RESULTS / "live_latency.md").write_text(block + "\n")
+    if args.write_readme:
+        write_readme(block)
+
+
+if __name__ == "__main__":
+    main()
