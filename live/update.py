@@ -95,11 +95,11 @@ def _naive(ts: datetime) -> datetime:
 class BucketUpdater:
     """Runs bucket updates for one city; keeps dbt parsed and Feast's store open between them."""
 
-    def __init__(self, settings: PulseSettings, clock: CityClock, report: bool = True) -> None:
+    def __init__(self, settings: PulseSettings, clock: CityClock) -> None:
         self.settings, self.clock = settings, clock
         self.dbt = WindowRunner(settings)
         self.store = feature_store.open_store(settings)
-        self.instance = dg.DagsterInstance.from_config(str(settings.dagster_home)) if report else None
+        self.instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
         self._reference: tuple[date, dict] | None = None
         self._last_check = None
         settings.live_dir.mkdir(parents=True, exist_ok=True)
@@ -123,10 +123,6 @@ class BucketUpdater:
         os.replace(tmp, path)
 
     # -- the update --------------------------------------------------------------------------------------
-    def due(self, now: datetime | None = None) -> bool:
-        """A bucket closed since the published one."""
-        return bucket_floor(_naive(now or self.clock.now())) > self.published().bucket_end
-
     def update(self, now: datetime | None = None) -> BucketUpdate:
         """Take in what landed, rebuild the window up to the last close and publish it (see the module)."""
         now = _naive(now or self.clock.now())
@@ -268,6 +264,8 @@ class BucketUpdater:
 
     # -- reporting ---------------------------------------------------------------------------------------
     def _finish(self, result: BucketUpdate) -> None:
+        if result.published_end is None and result.error is None:
+            return  # nothing closed, nothing failed: the last status stands
         status = {
             **{k: v for k, v in asdict(result).items() if k not in ("stages", "rows")},
             "published": result.published,
@@ -276,10 +274,6 @@ class BucketUpdater:
             "rows": result.rows,
         }
         self._save(STATUS_FILE, status)
-        if result.published_end is None and result.error is None:
-            return  # nothing happened worth a record
-        if self.instance is None:
-            return
         metadata = {
             "bucket_end": str(result.bucket_end),
             "window_start": str(result.window_start),

@@ -81,9 +81,8 @@ def landing_state(
             day = date.fromisoformat(folder.name.split("=", 1)[1])
         except ValueError:
             continue
-        if complete_before is not None and datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC) > (
-            complete_before
-        ):
+        day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+        if complete_before is not None and day_end > complete_before:
             continue
         parts = {t: found for t in CONTRACTS if (found := landing.part_files(settings, t, day))}
         if "ride_requests" not in parts:
@@ -92,7 +91,8 @@ def landing_state(
         files, landed_at = {}, 0.0
         for table, paths in parts.items():
             stats = [p.stat() for p in paths]
-            stat = ",".join(_stat_key(st) for st in stats)
+            # One key for all parts: a live day has a part per table and city minute, the cursor keeps one.
+            stat = hashlib.sha256(",".join(_stat_key(st) for st in stats).encode()).hexdigest()[:16]
             old = before.get(table, {})
             digest = old["hash"] if old.get("stat") == stat else "+".join(_content_hash(p) for p in paths)
             files[table] = {"stat": stat, "hash": digest}
