@@ -70,7 +70,12 @@ def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        cell = con.execute("SELECT hex_id FROM main.dim_cells ORDER BY total_requests DESC LIMIT 1").fetchone()[0]
     samples = []  # (city now, newest feature ts) as the API reports them
+    origins = set()  # the origins of the busiest cell's forecasts
     try:
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
@@ -81,6 +86,9 @@ def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
                 continue
             if ready.get("now") and ready.get("newest_feature_ts"):
                 samples.append((_ts(ready["now"]), _ts(ready["newest_feature_ts"])))
+                forecast = get(port, f"/v1/forecast?hex_id={cell}&service_type=1")
+                assert forecast["source"] == "model" and not forecast["degraded"], forecast
+                origins.add(_ts(forecast["origin"]))
             time.sleep(0.5)
         output = proc.communicate(timeout=60)[0]
     finally:
@@ -97,6 +105,8 @@ def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
     seen = sorted({newest for _, newest in samples})
     assert seen[-1] == expected[-1] or seen[-1] == expected[-2]
     assert all(b - a == BUCKET for a, b in zip(seen, seen[1:], strict=False)), seen
+    # The forecasts' origins are those bucket ends: the API forecasts from each bucket in turn.
+    assert set(expected) - origins <= {expected[-1]} and origins <= {start, *expected}, sorted(origins)
     # ... and once a bucket's update had time to finish (its close + the slowest update seen + the API's
     # refresh), the API is never more than one bucket behind the clock.
     allowed = max(latencies) + 5.0
