@@ -12,9 +12,9 @@ bucket's end (``live/clock.json``). The update's own time (close to online write
 * **demo**: the default simulated city (331 cells, 45k requests a day, 28 days), built in ``--demo-home``
   (default ``bench/results/tmp/default``) by `pulse simulate` and `pulse materialize` when missing.
 * **large**: the day of `bench/pipeline_throughput.py` (721 cells, 1× ≈ 5.2 million events a day) after 28 days
-  of history materialised with every check, the last one through the whole pipeline (a champion). It runs twice:
-  the day's first buckets, then (the stream fast-forwarded) buckets late in the day: an update's cost must not
-  grow with the hours already taken in.
+  of history materialised with every check, the last one through the whole pipeline (a champion). At 1× it runs
+  twice: the day's first buckets, then (the stream fast-forwarded) buckets late in the day: an update's cost must
+  not grow with the hours already taken in. At 3× (the streamed day has three times the events) the first buckets.
 
 The city clock runs at ``--speed`` (default 30 for the demo: a bucket every 30 s; 20 for the large city). An
 update's work is that of its bucket whatever the speed; a faster clock leaves less idle time between updates, so
@@ -173,7 +173,7 @@ def large(args) -> list[dict]:
     if not (history / "landing" / "truth" / "city_config.json").exists() or not _has_champion(history):
         build_large(history)
     home = copy_city(history, args.work / "large")
-    early = live_run(home, args.large_speed, args.buckets / 4, args.rate, "large, day's first buckets")
+    early = live_run(home, args.large_speed, args.buckets / 4, args.rate, "large 1×, day's first buckets")
     # Late in the day: the stream lands everything up to 20:00 at once (the first update catches up on it),
     # then the buckets after it are measured like the first ones.
     os.environ["PULSE_HOME"] = str(home)
@@ -182,12 +182,25 @@ def large(args) -> list[dict]:
 
     stream = CityStream(PulseSettings(home=home))
     stream.emit(datetime.combine(pt.DAY, datetime.min.time(), UTC) + timedelta(hours=20))
-    late = live_run(home, args.large_speed, args.buckets / 4 + 0.25, args.rate, "large, after 20 h of the day")
+    late = live_run(home, args.large_speed, args.buckets / 4 + 0.25, args.rate, "large 1×, after 20 h of the day")
     late["catch_up"] = late["buckets"][:1]
     late["buckets"] = late["buckets"][1:]
     late["api_latency"] = _summary([b["api_seconds"] for b in late["buckets"] if b["api_seconds"] is not None])
     late["update_latency"] = _summary([b["update_seconds"] for b in late["buckets"]])
-    return [early, late]
+    # 3×: the same city's next day with three times the events (the stream simulates it from a scaled config).
+    triple = copy_city(history, args.work / "large3")
+    scale_config(triple, 3.0)
+    heavy = live_run(triple, args.large_speed, args.buckets / 4, args.rate, "large 3×, day's first buckets")
+    return [early, late, heavy]
+
+
+def scale_config(home: Path, scale: float) -> None:
+    """Scale the demand and the fleet of the city's recorded config: its streamed days get ``scale`` × the events."""
+    path = home / "landing" / "truth" / "city_config.json"
+    body = json.loads(path.read_text())
+    body["config"]["requests_per_day"] *= scale
+    body["config"]["drivers"] = {k: int(v * scale) for k, v in body["config"]["drivers"].items()}
+    path.write_text(json.dumps(body))
 
 
 def _has_champion(home: Path) -> bool:
