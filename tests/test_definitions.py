@@ -1,6 +1,7 @@
 import dagster as dg
 
 CURRENT_STATES = {"feast/registry", "feast/online_features", "model/candidate", "model/backtest", "model/champion"}
+LIVE = "live/buckets"  # the running day: reported by the bucket clock, not run
 
 
 def test_code_location_loads_with_day_assets_and_current_states(tiny_home):
@@ -10,12 +11,13 @@ def test_code_location_loads_with_day_assets_and_current_states(tiny_home):
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"ingest", "transform", "features", "training", "promotion"} <= groups
     unpartitioned = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None}
-    assert unpartitioned == CURRENT_STATES
-    # every asset declares how it is kept up to date, except a day's load that the landing sensor requests: the raw
-    # tables and the staging views over them
+    assert unpartitioned == CURRENT_STATES | {LIVE}
+    assert not graph.get(dg.AssetKey.from_user_string(LIVE)).is_executable
+    # every asset declares how it is kept up to date, except a day's load that the landing sensor requests (the raw
+    # tables and the staging views over them) and the running day, which the bucket clock reports
     undeclared = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is None}
     tables = ("ride_requests", "driver_pings", "price_quotes", "weather", "events")
-    assert undeclared == {f"raw/{t}" for t in tables} | {f"stg_raw__{t}" for t in (*tables, "cell_neighbours")}
+    assert undeclared == {f"raw/{t}" for t in tables} | {f"stg_raw__{t}" for t in (*tables, "cell_neighbours")} | {LIVE}
 
 
 def test_feature_lookback_is_declared_as_a_partition_mapping(tiny_home):
@@ -57,7 +59,9 @@ def test_every_asset_has_its_blocking_checks(tiny_home):
     assert {(k.asset_key.to_user_string(), k.name) for k in day_checks} == gx - {
         ("model/candidate", "gx_training_set"),
         ("model/candidate", "gx_forecasts"),
-    }
+    } | {("fct_demand_features_15min", "intraday_equals_batch")}
+    # the bucket clock's rows are checked by every update
+    assert dg.AssetCheckKey(dg.AssetKey(["live", "buckets"]), "bucket_rows") in keys
     gates = {k.name for k in keys if k.asset_key == dg.AssetKey(["model", "candidate"]) and k.name.startswith("gate_")}
     assert gates == {"gate_input_checks", "gate_beats_champion", "gate_beats_climatology", "gate_input_drift"}
 
@@ -68,7 +72,7 @@ def test_job_selections(tiny_home):
     def assets(job: str) -> set[str]:
         return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.executable_asset_keys}
 
-    everything = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    everything = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} - {LIVE}
     training = {"model/candidate", "model/backtest", "model/champion"}
     assert assets("daily_pipeline") == everything
     assert assets("retrain") == training
