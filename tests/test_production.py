@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -116,7 +116,10 @@ def test_api_reads_redis_and_the_tracking_server(production_city):
 
     from serving.app import create_app
 
-    with TestClient(create_app(settings)) as client:
+    # Production judges the store by the clock: the tiny city's data ends at the start of day DAYS + 1, so the
+    # server runs on a clock just after it (on the wall clock every cell would be degraded, as it should).
+    end = datetime.combine(TINY_START + timedelta(days=DAYS), datetime.min.time(), UTC)
+    with TestClient(create_app(settings, clock=lambda: end + timedelta(minutes=5))) as client:
         cell = client.get("/v1/cells", params={"service_type": 1}).json()["cells"][0]["hex_id"]
         r = client.get("/v1/forecast", params={"hex_id": cell, "service_type": 1})
         assert r.status_code == 200, r.text
@@ -236,7 +239,13 @@ def test_redis_killed_while_serving_degrades_then_recovers_without_restart(produ
     settings, servers, *_ = production_city
     rds = servers["redis"]
     keys = redis_keys(rds.port)
-    env = {"PULSE_SERVING__FEATURE_REFRESH_SECONDS": str(REFRESH_S), "PULSE_SERVING__STORE_GRACE_SECONDS": str(GRACE_S)}
+    env = {
+        "PULSE_SERVING__FEATURE_REFRESH_SECONDS": str(REFRESH_S),
+        "PULSE_SERVING__STORE_GRACE_SECONDS": str(GRACE_S),
+        # the tiny city's data is weeks old: a `pulse serve` process judges it by the wall clock unless told
+        # otherwise, and this test is about Redis, not about the clock
+        "PULSE_SERVING__MAX_STORE_LAG_MINUTES": str(60 * 24 * 365),
+    }
     with (
         api_process(settings, tmp_path / "serve.log", **env) as (proc, url),
         httpx.Client(base_url=url, timeout=10) as c,
