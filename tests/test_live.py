@@ -50,7 +50,7 @@ def get(port: int, path: str) -> dict:
 
 def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
     home = copy_city(tiny_city, tmp_path / "live")
-    port, speed, hours = 8765, 120.0, 1.5  # a bucket every 7.5 s; an update of the tiny city takes ~2.5 s
+    port, speed, hours = 8765, 120.0, 1.0  # a bucket every 7.5 s; an update of the tiny city takes ~2.5 s
     env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(

@@ -1,11 +1,12 @@
-"""A backfill and daily runs of the same days write the same facts and features: every row of a day is a
+"""A backfill and shorter runs of the same days write the same facts and features: every row of a day is a
 function of the partitions up to and including that day.
 
 One tiny city (radius 1, 10 days) is landed into two homes and built through the real ingest and dbt assets:
-once as one backfill run over the ten days, once as ten daily runs. Two late arrivals are planted, since
-without them a grid rule or an event window that reads later days would go unnoticed: a cell whose first
-request comes on day 8, and an event that starts at midnight on day 4 (live and ending within the hour at
-the last origin of day 3, but landed with day 4).
+once as one backfill run over the ten days, once as runs that each stop the day before a late arrival (days
+1–3, 4–7, 8–10), as daily runs would. Two late arrivals are planted, since without them a grid rule or an event
+window that reads later days would go unnoticed: a cell whose first request comes on day 8, and an event that
+starts at midnight on day 4 (live and ending within the hour at the last origin of day 3, but landed with day 4).
+A row of day 3 or day 7 that read what lands later would differ between the two homes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DAYS = 10
 LATE_CELL_DAY = TINY_START + timedelta(days=7)  # day 8
 MIDNIGHT_EVENT_DAY = TINY_START + timedelta(days=3)  # day 4
 TABLES = ["fct_demand_15min", "fct_supply_15min", "fct_demand_features_15min"]
+# The runs of the second home, as (first, last) day numbers: each ends the day before a late arrival.
+RUNS = [(1, 3), (4, 7), (8, DAYS)]
 
 
 def _landing(home: Path, table: str, day: date) -> Path:
@@ -99,7 +102,7 @@ def _frame(home: Path, table: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def built(tiny_home, tmp_path_factory) -> dict:
-    """(backfill home, daily home, late cell, event venue cell), both homes built from the same landing."""
+    """(backfill home, home built by RUNS, late cell, event venue cell), both homes built from the same landing."""
     from pulse.data.simulator import CityConfig, simulate_city
     from pulse.settings import PulseSettings
 
@@ -111,14 +114,13 @@ def built(tiny_home, tmp_path_factory) -> dict:
 
     last = TINY_START + timedelta(days=DAYS - 1)
     _materialize(backfill, TINY_START, last)
-    for i in range(DAYS):
-        day = TINY_START + timedelta(days=i)
-        _materialize(daily, day, day)
+    for first, last_day in RUNS:
+        _materialize(daily, TINY_START + timedelta(days=first - 1), TINY_START + timedelta(days=last_day - 1))
     return {"backfill": backfill, "daily": daily, "late_cell": late_cell, "venue": venue}
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_backfill_and_daily_runs_write_identical_rows(built, table):
+def test_backfill_and_shorter_runs_write_identical_rows(built, table):
     backfill, daily = _frame(built["backfill"], table), _frame(built["daily"], table)
     assert len(backfill) > 0
     pd.testing.assert_frame_equal(backfill, daily, check_exact=True)
