@@ -62,11 +62,9 @@ def copy_city(source: Path, target: Path) -> Path:
     return target
 
 
-def served_cells(home: Path) -> list[str]:
-    import duckdb
-
-    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        return [r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells ORDER BY hex_id").fetchall()]
+def served_cells(port: int) -> list[str]:
+    """The cells the API serves (the champion's), as a client would list them."""
+    return [c["hex_id"] for c in get_json(port, "/v1/cells?service_type=1")["cells"]]
 
 
 def live_run(home: Path, speed: float, hours: float, rate: float, label: str) -> dict:
@@ -90,7 +88,7 @@ def live_run(home: Path, speed: float, hours: float, rate: float, label: str) ->
             except OSError:
                 time.sleep(0.5)
         mix = tempfile.NamedTemporaryFile(prefix="bench-live-mix-", suffix=".json", delete=False, mode="w")  # noqa: SIM115
-        json.dump(forecast_mix(served_cells(home), [1, 2], [30, 60, 90]), mix)
+        json.dump(forecast_mix(served_cells(port), [1, 2], [30, 60, 90]), mix)
         mix.close()
 
         def load_forever() -> None:

@@ -49,7 +49,9 @@ def children(settings: PulseSettings, api_port: int, ui_port: int | None) -> lis
     env = {**os.environ, "PULSE_HOME": str(settings.home), "PULSE_LIVE__ENABLED": "true"}
     env.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     bin_dir = Path(sys.executable).parent
-    procs = [subprocess.Popen([str(bin_dir / "pulse"), "serve", "--port", str(api_port)], cwd=PROJECT_ROOT, env=env)]
+    # No access log: a line per request costs the API more than answering a cached forecast (/metrics counts them).
+    serve = [str(bin_dir / "pulse"), "serve", "--port", str(api_port), "--no-access-log"]
+    procs = [subprocess.Popen(serve, cwd=PROJECT_ROOT, env=env)]
     if ui_port is not None:
         workspace = str(PROJECT_ROOT / "workspace.yaml")
         procs.append(

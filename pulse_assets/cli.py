@@ -140,12 +140,16 @@ def materialize(
 
 
 @app.command()
-def serve(port: Annotated[int, typer.Option()] = 8000, host: Annotated[str, typer.Option()] = "127.0.0.1") -> None:
+def serve(
+    port: Annotated[int, typer.Option()] = 8000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    access_log: Annotated[bool, typer.Option(help="Log every request (off under `pulse live`).")] = True,
+) -> None:
     """Run the forecast API."""
     _settings()
     import uvicorn
 
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, log_level="info")
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, log_level="info", access_log=access_log)
 
 
 def _sample_cell(settings: PulseSettings) -> str | None:
