@@ -167,6 +167,8 @@ def demo(args) -> list[dict]:
 def large(args) -> list[dict]:
     from bench import pipeline_throughput as pt
 
+    # The large city's days start where bench-pipeline's do; its code location and children read this.
+    os.environ["PULSE_CITY__START_DATE"] = pt.HISTORY_START.isoformat()
     history = args.large_home
     if not (history / "landing" / "truth" / "city_config.json").exists() or not _has_champion(history):
         build_large(history)
