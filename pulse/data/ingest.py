@@ -246,12 +246,18 @@ def _check(
     con.execute("DROP VIEW IF EXISTS _landing")
     if paths:
         files = ", ".join(f"'{p}'" for p in paths)
-        index = " ".join(f"WHEN '{p}' THEN {i}" for i, p in enumerate(paths))
+        # The parts' order, joined on the file name (a whole live day has a part per table and city minute).
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _parts AS SELECT unnest(?::VARCHAR[]) AS filename, "
+            "unnest(range(?)) AS part_index",
+            [[str(p) for p in paths], len(paths)],
+        )
         # A view: the files are scanned where they are needed, never copied whole into a temp table.
         con.execute(
-            f"CREATE TEMP VIEW _landing AS SELECT (CASE filename {index} END) * {_PART_STRIDE} + file_row_number + 1 "
-            f"AS _row, * EXCLUDE (file_row_number, filename) "
-            f"FROM read_parquet([{files}], file_row_number = true, filename = true, union_by_name = true)"
+            f"CREATE TEMP VIEW _landing AS SELECT p.part_index * {_PART_STRIDE} + l.file_row_number + 1 AS _row, "
+            f"l.* EXCLUDE (file_row_number, filename) "
+            f"FROM read_parquet([{files}], file_row_number = true, filename = true, union_by_name = true) l "
+            f"JOIN _parts p USING (filename)"
         )
         present = {r[0] for r in con.execute("DESCRIBE _landing").fetchall()} - {"_row"}
         missing = sorted(set(c.required) - present)
