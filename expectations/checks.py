@@ -319,6 +319,9 @@ def raw_reference(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: 
     return {t: {**bounds, **null_floors(con, settings, t, start, end), "basis": basis} for t in RAW_TABLES}
 
 
+BUCKET_SUITES = [*(f"raw_{t}" for t in RAW_TABLES), "fct_demand_15min", "fct_demand_features_15min"]
+
+
 def bucket_rows(
     con: duckdb.DuckDBPyConnection,
     settings: PulseSettings,

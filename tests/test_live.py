@@ -1,7 +1,7 @@
 """The bucket clock on the tiny city: the day after its history streamed as micro-batches.
 
 * `test_pulse_live_moves_bucket_by_bucket`: the real `pulse live` (stream, bucket updates, API as a child process)
-  at 120x; the API's forecasts advance bucket by bucket and are never more than one bucket behind once an
+  at 60x; the API's forecasts advance bucket by bucket and are never more than one bucket behind once an
   update's time has passed.
 * `test_bucket_clock_faults_and_intraday_equals_batch`: the updater in this process on a city clock the test
   sets, through a malformed micro-batch, a straggler inside the settle time, a late micro-batch, a crash before
@@ -50,7 +50,7 @@ def get(port: int, path: str) -> dict:
 
 def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
     home = copy_city(tiny_city, tmp_path / "live")
-    port, speed, hours = 8765, 120.0, 1.0  # a bucket every 7.5 s; an update of the tiny city takes ~2.5 s
+    port, speed, hours = 8765, 60.0, 1.0  # a bucket every 15 s; an update of the tiny city takes ~3 s
     env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
