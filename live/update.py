@@ -36,7 +36,8 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from expectations import checks, runner
+from expectations import checks
+from expectations.runner import prepare
 from live.transform import WindowRunner
 from pulse.data import ingest, landing
 from pulse.domain.clock import BUCKET, CityClock, bucket_floor
@@ -100,7 +101,7 @@ class BucketUpdater:
         self.dbt = WindowRunner(settings)
         self.store = feature_store.open_store(settings)
         self.instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
-        runner.prepare(checks.BUCKET_SUITES)  # the first bucket's checks must not pay for setting GX up
+        prepare(checks.BUCKET_SUITES)  # the first bucket's checks must not pay for setting GX up
         self._reference: tuple[date, dict] | None = None
         self._last_check = None
         settings.live_dir.mkdir(parents=True, exist_ok=True)
