@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from expectations.runner import Validation, load_suite_json, validate
+from expectations.runner import SuiteOutcome, Validation, load_suite_json, validate
 from pulse.data import ingest, landing
 from pulse.data.contract import FEATURE_NAMES
 from pulse.settings import BUCKET_MINUTES, PulseSettings
@@ -229,10 +229,10 @@ def day_totals(con: duckdb.DuckDBPyConnection, days: list[date], table: str = "f
     return pd.DataFrame(rows)
 
 
-def facts(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[date]) -> Validation:
-    """Suites ``fct_demand_15min`` (grid, counts, ratios) and ``fct_demand_15min_days`` (plausible day totals)."""
-    start, end = window(days)
-    grid_rows, cells = expected_grid_rows(con, settings, days)
+def _fact_rows(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: datetime, end: datetime, grid_rows: int, cells: int
+) -> SuiteOutcome:
+    """Suite ``fct_demand_15min`` over the facts (with supply) of [start, end)."""
     frame = con.execute(
         """SELECT d.*, s.idle_drivers, s.busy_drivers, CAST(minute(d.bucket_start) AS INTEGER) AS bucket_minute
            FROM main.fct_demand_15min d
@@ -247,7 +247,33 @@ def facts(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[da
         "window_start": pd.Timestamp(start),
         "window_end": pd.Timestamp(end),
     }
-    rows = validate("fct_demand_15min", frame, parameters)
+    return validate("fct_demand_15min", frame, parameters)
+
+
+def _feature_rows(
+    con: duckdb.DuckDBPyConnection, settings: PulseSettings, start: datetime, end: datetime, grid_rows: int
+) -> SuiteOutcome:
+    """Suite ``fct_demand_features_15min`` over the feature rows of [start, end)."""
+    frame = con.execute(
+        """SELECT *, CAST(date_diff('minute', bucket_start, feature_ts) AS INTEGER) AS feature_lag_minutes
+           FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?""",
+        [start, end],
+    ).df()
+    parameters = {
+        "columns": ["hex_id", "service_type", "bucket_start", "feature_ts", *FEATURE_NAMES],
+        "grid_rows": grid_rows,
+        "service_types": list(settings.city.service_types),
+        "window_start": pd.Timestamp(start),
+        "window_end": pd.Timestamp(end),
+    }
+    return validate("fct_demand_features_15min", frame, parameters)
+
+
+def facts(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[date]) -> Validation:
+    """Suites ``fct_demand_15min`` (grid, counts, ratios) and ``fct_demand_15min_days`` (plausible day totals)."""
+    start, end = window(days)
+    grid_rows, cells = expected_grid_rows(con, settings, days)
+    rows = _fact_rows(con, settings, start, end, grid_rows, cells)
     totals = day_totals(con, days)
     day_outcome = validate(
         "fct_demand_15min_days",
@@ -266,19 +292,7 @@ def features(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list
     drift."""
     start, end = window(days)
     grid_rows, _ = expected_grid_rows(con, settings, days)
-    frame = con.execute(
-        """SELECT *, CAST(date_diff('minute', bucket_start, feature_ts) AS INTEGER) AS feature_lag_minutes
-           FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?""",
-        [start, end],
-    ).df()
-    parameters = {
-        "columns": ["hex_id", "service_type", "bucket_start", "feature_ts", *FEATURE_NAMES],
-        "grid_rows": grid_rows,
-        "service_types": list(settings.city.service_types),
-        "window_start": pd.Timestamp(start),
-        "window_end": pd.Timestamp(end),
-    }
-    rows = validate("fct_demand_features_15min", frame, parameters)
+    rows = _feature_rows(con, settings, start, end, grid_rows)
     totals = day_totals(con, days, "fct_demand_features_15min")
     day_outcome = validate(
         "fct_demand_15min_days",
@@ -350,33 +364,8 @@ def bucket_rows(
             continue
         parameters = {k: v for k, v in reference[table].items() if k != "basis"}
         outcomes.append(validate(f"raw_{table}", frame, parameters))
-    window = {"window_start": pd.Timestamp(start), "window_end": pd.Timestamp(end)}
-    facts_frame = con.execute(
-        """SELECT d.*, s.idle_drivers, s.busy_drivers, CAST(minute(d.bucket_start) AS INTEGER) AS bucket_minute
-           FROM main.fct_demand_15min d
-           LEFT JOIN main.fct_supply_15min s USING (hex_id, service_type, bucket_start)
-           WHERE d.bucket_start >= ? AND d.bucket_start < ?""",
-        [start, end],
-    ).df()
-    outcomes.append(
-        validate(
-            "fct_demand_15min",
-            facts_frame,
-            {"grid_rows": grid_rows, "cells": cells, "service_types": list(settings.city.service_types), **window},
-        )
-    )
-    features_frame = con.execute(
-        """SELECT *, CAST(date_diff('minute', bucket_start, feature_ts) AS INTEGER) AS feature_lag_minutes
-           FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?""",
-        [start, end],
-    ).df()
-    parameters = {
-        "columns": ["hex_id", "service_type", "bucket_start", "feature_ts", *FEATURE_NAMES],
-        "grid_rows": grid_rows,
-        "service_types": list(settings.city.service_types),
-        **window,
-    }
-    outcomes.append(validate("fct_demand_features_15min", features_frame, parameters))
+    outcomes.append(_fact_rows(con, settings, start, end, grid_rows, cells))
+    outcomes.append(_feature_rows(con, settings, start, end, grid_rows))
     return Validation(outcomes, [f"{start:%Y-%m-%d %H:%M}..{end:%H:%M}"], notes)
 
 

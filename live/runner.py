@@ -116,13 +116,18 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
         pass
     finally:
         stop.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs)
         feeder.join(timeout=10)
     return published
+
+
+def stop_children(procs: list[subprocess.Popen]) -> None:
+    """SIGINT (what Ctrl-C sends: uvicorn and `dagster dev` shut down cleanly), then SIGKILL after 20 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -189,20 +189,15 @@ def up(
         f"  Try: curl 'http://127.0.0.1:{api_port}/v1/forecast?hex_id={cell}&service_type={st}&horizons=30,60,90'\n"
         f"  Ctrl-C stops both.\n"
     )
+    from live.runner import stop_children
+
     try:
         while all(p.poll() is None for p in procs):
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs)
 
 
 @app.command()
