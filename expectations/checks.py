@@ -179,17 +179,8 @@ def raw_events(con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: s
 
 # Facts -----------------------------------------------------------------------------------------------
 def expected_grid_rows(con: duckdb.DuckDBPyConnection, settings: PulseSettings, days: list[date]) -> tuple[int, int]:
-    """(rows, cells) of the zero-filled grid, dbt's rule: on each of the window's days that holds a ride
-    request, the cells active by that day (dim_cells.active_from) × service types × 96 buckets."""
-    cell_days, cells = con.execute(
-        """WITH request_days AS (
-               SELECT DISTINCT event_date FROM raw.ride_requests WHERE event_date IN (SELECT unnest(?::DATE[]))
-           )
-           SELECT count(*), count(DISTINCT c.hex_id)
-           FROM request_days d JOIN main.dim_cells c ON c.active_from <= d.event_date""",
-        [list(days)],
-    ).fetchone()
-    return cell_days * len(settings.city.service_types) * 96, cells
+    """(rows, cells) of the zero-filled grid of a run's (contiguous) days: :func:`window_grid` over whole days."""
+    return window_grid(con, settings, *window(days))
 
 
 def day_totals(con: duckdb.DuckDBPyConnection, days: list[date], table: str = "fct_demand_15min") -> pd.DataFrame:

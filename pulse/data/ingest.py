@@ -417,12 +417,11 @@ def ingest_parts(
                 "INSERT INTO raw.landed_parts VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'bucket')",
                 [table, day, path.name, arrivals[path], n_read, n_accepted, n_quarantined, n_late],
             )
-        for i, path in enumerate(paths):
-            con.execute(
-                f"INSERT INTO raw.late_rows SELECT ?, ?, ?, bucket_start, count(*) FROM _late "
-                f"WHERE _row // {_PART_STRIDE} = ? GROUP BY bucket_start",
-                [table, day, path.name, i],
-            )
+        con.execute(
+            f"INSERT INTO raw.late_rows SELECT ?, ?, (?::VARCHAR[])[_row // {_PART_STRIDE} + 1], bucket_start, "
+            f"count(*) FROM _late GROUP BY ALL",
+            [table, day, [p.name for p in paths]],
+        )
     late = con.execute("SELECT count(*) FROM _late").fetchone()[0]
     first = con.execute(
         f"SELECT min({c.ts_col}) FROM _checked WHERE _reason IS NULL AND _row NOT IN (SELECT _row FROM _late)"
