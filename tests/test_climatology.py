@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ import pandas as pd
 import pytest
 from dbt.cli.main import dbtRunner
 
+from live.transform import release_warehouse
 from pulse.data import ingest
 from pulse.domain import metrics
 from pulse.domain.clock import bucket_floor
@@ -166,21 +168,28 @@ def dbt_city(tmp_path_factory) -> PulseSettings:
                    'completed', hex_id, CAST(ts AS DATE)
             FROM (SELECT *, unnest(range(n)) AS i FROM plan)
         """)
+    _dbt(settings, FIRST_DAY, END_DAY, "build", "--select", "+fct_demand_features_15min", "--exclude-resource-type", "unit_test")
+    return settings
+
+
+def _dbt(settings: PulseSettings, start: datetime, end: datetime, *command: str) -> None:
+    """``dbt <command>`` on the city's warehouse for the window [start, end)."""
     dbt_vars = {
-        "start": f"{FIRST_DAY:%Y-%m-%d %H:%M:%S}",
-        "end": f"{END_DAY:%Y-%m-%d %H:%M:%S}",
+        "start": f"{start:%Y-%m-%d %H:%M:%S}",
+        "end": f"{end:%Y-%m-%d %H:%M:%S}",
         "service_types": list(settings.city.service_types),
         "min_cell_requests": settings.city.min_cell_requests,
         "timezone": settings.city.timezone,
     }
-    args = ["build", "--select", "+fct_demand_features_15min", "--exclude-resource-type", "unit_test"]
-    args += ["--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR), "--vars", json.dumps(dbt_vars)]
-    args += ["--target-path", str(home / "dbt_target"), "--log-path", str(home / "dbt_logs")]
+    home = settings.home
+    args = [*command, "--project-dir", str(PROJECT_DIR), "--profiles-dir", str(PROJECT_DIR)]
+    args += ["--vars", json.dumps(dbt_vars), "--target-path", str(home / "dbt_target")]
+    args += ["--log-path", str(home / "dbt_logs"), "--no-send-anonymous-usage-stats"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PULSE_WAREHOUSE", str(settings.warehouse_path))
-        res = dbtRunner().invoke([*args, "--no-send-anonymous-usage-stats"])
+        res = dbtRunner().invoke(args)
+    release_warehouse()  # dbt-duckdb keeps the file open in this process otherwise
     assert res.success, res.exception
-    return settings
 
 
 def _dbt_vs_python(settings: PulseSettings) -> pd.DataFrame:
@@ -264,3 +273,31 @@ def test_serving_fallback_backtest_baseline_and_promotion_gate_agree(dbt_city):
         assert np.isfinite(clim).all() and np.isfinite(actual).all()
         assert figures[h]["climatology_rows"] == len(holdout)
         assert figures[h]["climatology"] == pytest.approx(metrics.wape(actual, clim.to_numpy(float)), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "start, end",
+    [
+        (datetime(2026, 11, 8, 5, 0), datetime(2026, 11, 8, 5, 15)),  # local midnight; targets read the repeated hour
+        (datetime(2026, 11, 1, 5, 30), datetime(2026, 11, 1, 6, 15)),  # across the change itself
+        (datetime(2026, 11, 7, 23, 45), datetime(2026, 11, 8, 0, 15)),  # across UTC midnight
+    ],
+)
+def test_a_bucket_window_rewrites_the_rows_of_the_whole_build(dbt_city, tmp_path, start, end):
+    """A window shorter than a day reads only the local times of day its lookbacks reach (what a bucket update
+    runs); what it writes must be what the five-week build wrote, across the clock change too."""
+    settings = _settings(tmp_path)
+    with duckdb.connect(str(dbt_city.warehouse_path)) as built:
+        built.execute("CHECKPOINT")  # the copy is the file alone, without a write-ahead log
+    shutil.copyfile(dbt_city.warehouse_path, settings.warehouse_path)
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        before = con.execute("SELECT * FROM main.fct_demand_features_15min ORDER BY ALL").fetchall()
+    _dbt(settings, start, end, "run", "--select", "fct_demand_features_15min")
+    with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
+        after = con.execute("SELECT * FROM main.fct_demand_features_15min ORDER BY ALL").fetchall()
+        rewritten = con.execute(
+            "SELECT count(*) FROM main.fct_demand_features_15min WHERE bucket_start >= ? AND bucket_start < ?",
+            [start, end],
+        ).fetchone()[0]
+    assert rewritten == len(CELLS) * (end - start) // BUCKET
+    assert after == before

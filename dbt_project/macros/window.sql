@@ -65,6 +65,12 @@
     timestamp '{{ _window()[1].strftime("%Y-%m-%d %H:%M:%S") }}'
 {%- endmacro %}
 
+{#- Minutes from the window's start to its end. -#}
+{% macro window_minutes() -%}
+    {%- set window = _window() -%}
+    {{ return(((window[1] - window[0]).total_seconds() // 60) | int) }}
+{%- endmacro %}
+
 {#- `column` in [start, end) -#}
 {% macro in_window(column) -%}
     ({{ column }} >= {{ window_start() }} and {{ column }} < {{ window_end() }})
@@ -113,4 +119,10 @@
     {%- if is_incremental() -%}
         delete from {{ this }} where {{ in_window(column) }}
     {%- endif -%}
+{%- endmacro %}
+
+{#- Minute of day (0..1439) of the instant `timestamp_sql` (naive UTC) on the wall clock of `tz`. -#}
+{% macro local_minute(timestamp_sql, tz) -%}
+    (hour(timezone('{{ tz }}', timezone('UTC', {{ timestamp_sql }}))) * 60
+        + minute(timezone('{{ tz }}', timezone('UTC', {{ timestamp_sql }}))))
 {%- endmacro %}

@@ -40,6 +40,10 @@
 {%- set buckets_per_week = 7 * 24 * 4 -%}
 {%- set buckets_per_day = 24 * 4 -%}
 {%- set tz = var('timezone', env_var('PULSE_CITY__TIMEZONE', 'America/New_York')) -%}
+{#- The local times of day a short window's lookbacks read: from its start less a neighbour bucket to its end
+   plus the furthest target and its neighbour, with an hour each side for a clock change (minutes). -#}
+{%- set tod_before = 15 + 60 -%}
+{%- set tod_after = 15 * (horizons | length) + 15 + 60 -%}
 
 with
 
@@ -57,6 +61,21 @@ demand as (
     from {{ ref('fct_demand_15min') }}
     where bucket_start >= {{ window_start() }} - interval 29 day
       and bucket_start < {{ window_end() }}
+    {%- if window_minutes() + tod_before + tod_after < 24 * 60 %}
+      -- a window shorter than a day (a bucket update) reads only what its rows look back to: the last 25
+      -- hours whole (lags, trailing sums), and before that the local times of day its weekly and daily
+      -- lookbacks land on, with their neighbours; with a margin for a clock change. The rows it writes are
+      -- those of a whole-day run, which the intraday-equals-batch check asserts.
+      and (
+          bucket_start >= {{ window_start() }} - interval 25 hour
+          or (
+              ({{ local_minute('bucket_start', tz) }}
+                  - {{ local_minute(window_start() ~ ' - interval ' ~ tod_before ~ ' minute', tz) }}
+                  + 2 * 24 * 60) % (24 * 60)
+              < {{ window_minutes() + tod_before + tod_after }}
+          )
+      )
+    {%- endif %}
 
 ),
 
