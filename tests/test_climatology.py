@@ -168,7 +168,16 @@ def dbt_city(tmp_path_factory) -> PulseSettings:
                    'completed', hex_id, CAST(ts AS DATE)
             FROM (SELECT *, unnest(range(n)) AS i FROM plan)
         """)
-    _dbt(settings, FIRST_DAY, END_DAY, "build", "--select", "+fct_demand_features_15min", "--exclude-resource-type", "unit_test")
+    _dbt(
+        settings,
+        FIRST_DAY,
+        END_DAY,
+        "build",
+        "--select",
+        "+fct_demand_features_15min",
+        "--exclude-resource-type",
+        "unit_test",
+    )
     return settings
 
 
