@@ -27,6 +27,7 @@ from pulse.domain.clock import BUCKET, CityClock, bucket_floor
 from pulse.settings import PROJECT_ROOT, PulseSettings
 
 log = logging.getLogger("pulse.live")
+UPDATE_NICENESS = 10
 
 
 def stream_forever(stream: CityStream, clock: CityClock, every: timedelta, stop: threading.Event) -> None:
@@ -81,6 +82,9 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
     every = timedelta(seconds=settings.live.micro_batch_seconds)
     feeder = threading.Thread(target=stream_forever, args=(stream, clock, every, stop), name="stream", daemon=True)
     procs = children(settings, api_port, ui_port)
+    # The updates (dbt, checks, the stream) are batch work sharing the machine with the API started above: at
+    # a lower priority they never take a core from a request.
+    os.nice(UPDATE_NICENESS)
     end = stream.start + timedelta(hours=hours) if hours else None
     published = 0
     print(

@@ -4,7 +4,7 @@ A forecast body only changes when the view does, so once the route has validated
 it, the view remembers the body under the raw query string; this pure ASGI middleware (inside metrics)
 answers the same query string from that map without routing, query parsing or a Response object. Anything
 not in the map (first asks, errors, other routes) goes through FastAPI as usual, so validation and error
-answers are FastAPI's. A new view starts with an empty map.
+answers are FastAPI's. A new view answers the previous view's query strings from its own forecasts.
 
 Auth is a route dependency (:mod:`serving.auth`), which this path never reaches; so it decides like the
 router does, before answering: the path is matched with the route's own ``matches`` (the path relative to

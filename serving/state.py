@@ -83,6 +83,7 @@ class View:
     key: tuple = field(default=(), repr=False)  # the inputs the table was built from (ids, reference time)
     built_at: float = field(default_factory=time.monotonic)
     answers: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # GET /v1/forecast query → body
+    asked: dict[bytes, tuple] = field(default_factory=dict, repr=False)  # the same query → (cell, type, horizons)
     _json: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -103,11 +104,25 @@ class View:
             body = self._json[key] = forecast_body(cell, self.model_version, horizons).model_dump_json().encode()
         return body
 
-    def remember_answer(self, query: bytes, body: bytes) -> None:
-        """Keep the body of a validated `GET /v1/forecast` query string (:mod:`serving.fastpath`); capped, so
-        clients varying their query strings cannot grow it without bound."""
+    def remember_answer(self, query: bytes, key: tuple[str, int, tuple[int, ...]], body: bytes) -> None:
+        """Keep the body of a validated `GET /v1/forecast` query string (:mod:`serving.fastpath`) and what it
+        asked for; capped, so clients varying their query strings cannot grow it without bound."""
         if len(self.answers) < MAX_ANSWERS:
             self.answers[query] = body
+            self.asked[query] = key
+
+    def answer_as(self, previous: View) -> None:
+        """Answer the query strings ``previous`` answered, from this view's forecasts, before it is published:
+        a new bucket must not send every client through routing and JSON rendering at once. Not when the
+        horizons or service types changed (a new model): the route validates those queries again."""
+        table, old = self.table, previous.table
+        if table.horizons != old.horizons or table.service_types != old.service_types:
+            return
+        for query, key in list(previous.asked.items()):
+            body = self.forecast_json(*key)
+            if body is not None:
+                self.answers[query] = body
+                self.asked[query] = key
 
     def by_service(self, service_type: int) -> dict[str, CellForecast]:
         """Cell id → forecast of one service type (the repositioning candidates), built once per view."""
@@ -322,7 +337,10 @@ class ServingState:
             reason_all=self.lag_reason,
             store_error=self.store_error,
         )
-        self.view = View(table=table, key=key, **parts)  # the one assignment readers see
+        new = View(table=table, key=key, **parts)
+        if view is not None:
+            new.answer_as(view)
+        self.view = new  # the one assignment readers see
 
     def describe(self, err: Exception) -> str:
         """``Type: message`` of a failure with the passwords of server addresses masked (clients such as

@@ -5,6 +5,8 @@ of the OpenAPI spec."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 import math
 import shutil
@@ -318,8 +320,10 @@ def test_repeated_forecast_queries_are_answered_by_the_fast_path_until_the_view_
         counts = [line for line in c.get("/metrics").text.splitlines() if line.startswith("pulse_http_requests_total")]
         assert 'pulse_http_requests_total{method="GET",route="/v1/forecast",status="200"} 2.0' in counts, counts
         (home / "feast" / "online.db").unlink()
-        state.refresh_features()  # a new view: the remembered answer goes with the old one
-        assert c.get(f"/v1/forecast?{query}").json()["degraded"] is True
+        state.refresh_features()  # a new view answers the remembered query from its own forecasts
+        carried = state.view.answers[query.encode()]
+        assert carried != first.content and json.loads(carried)["degraded"] is True
+        assert c.get(f"/v1/forecast?{query}").content == carried
 
 
 # -- auth ----------------------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ def _model_forecasts(
         # The columns the booster was trained on, so a version trained before a feature was added still reads
         # today's feature rows.
         x = design_matrix(fresh, h)[booster.feature_name()]
-        mu = booster.predict(x)
+        mu = booster.predict(x, num_threads=1)  # one core: the server's requests keep the other
         alpha = _dispersion(forecaster, mu, h)
         quantiles = [count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)]
         surge = surge_multipliers(mu, supply, elasticity)

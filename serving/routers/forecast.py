@@ -56,7 +56,7 @@ async def get_forecast(
     body = view.forecast_json(hex_id, service_type, wanted)
     if body is None:
         raise HTTPException(404, detail=f"cell {hex_id} is not an active cell of this city (see /v1/cells)")
-    view.remember_answer(request.scope["query_string"], body)
+    view.remember_answer(request.scope["query_string"], (hex_id, service_type, wanted), body)
     return Response(body, media_type=JSON)
 
 
