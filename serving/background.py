@@ -8,14 +8,15 @@ The child is spawned (not forked: the server has threads and an event loop), imp
 once, and runs one call at a time; a call that raises comes back as :class:`BackgroundError` carrying the
 original type name and message. A child that dies or hangs past ``timeout`` is killed and a new one is
 spawned on the next call, so a wedged store client can never wedge the server. There is one child per
-purpose (features, registry) for every app in the process (tests start many apps): calls are stateless
-functions of their arguments.
+purpose (features, registry, the forecast table's model) for every app in the process (tests start many
+apps): calls are functions of their arguments (the table's child keeps the last model it was sent).
 """
 
 from __future__ import annotations
 
 import atexit
 import multiprocessing as mp
+import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -31,7 +32,9 @@ class BackgroundError(RuntimeError):
         self.kind = kind
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, niceness: int) -> None:
+    if niceness:
+        os.nice(niceness)
     while True:
         try:
             fn, args = conn.recv()
@@ -44,7 +47,8 @@ def _serve(conn: Connection) -> None:
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, niceness: int = 0) -> None:
+        self.niceness = niceness
         self._lock = threading.Lock()
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -53,7 +57,7 @@ class Worker:
         if self._proc is None or not self._proc.is_alive():
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            self._proc = ctx.Process(target=_serve, args=(child,), name="pulse-background", daemon=True)
+            self._proc = ctx.Process(target=_serve, args=(child, self.niceness), name="pulse-background", daemon=True)
             self._proc.start()
             child.close()
             self._conn = parent
@@ -85,17 +89,19 @@ class Worker:
         self._proc, self._conn = None, None
 
 
+# Batch work below the requests' priority: the forecast table's explanations take seconds of a core.
+NICENESS = {"table": 10}
 _workers: dict[str, Worker] = {}
 _workers_lock = threading.Lock()
 
 
 def call(purpose: str, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
-    """``fn(*args)`` in the child process of ``purpose`` ("features", "registry"): one child per purpose, so
-    a slow registry (MLflow's first import, a hanging server) never delays the online store read."""
+    """``fn(*args)`` in the child process of ``purpose`` ("features", "registry", "table"): one child per
+    purpose, so a slow registry (MLflow's first import, a hanging server) never delays the online store read."""
     with _workers_lock:
         worker = _workers.get(purpose)
         if worker is None:
-            worker = _workers[purpose] = Worker()
+            worker = _workers[purpose] = Worker(NICENESS.get(purpose, 0))
             atexit.register(worker.close)
     return worker.call(fn, *args, timeout=timeout)
 

@@ -9,6 +9,8 @@ half of an update and never waits for one, and every answer names the model vers
   live mode also as soon as a bucket update's status changes (:mod:`serving.live`).
   When the store fails, the last snapshot keeps serving for ``store_grace_seconds``; after that every cell
   gets the climatology fallback, and ``/ready`` says why from the first failure on.
+* Table: the model's forecasts and explanations of every served cell are made in a child process at a lower
+  priority (:mod:`serving.model_process`), then the view is built around them and published.
 * Model: every ``model_poll_seconds`` the version behind ``@champion`` (asked in the child process too) is
   compared with the served one; a new version is loaded and forecast in the background, then swapped in. A
   failing registry keeps the loaded model. At start, a failing registry means the last good champion from
@@ -33,7 +35,7 @@ from pulse.lifecycle.registry import LoadedModel
 from pulse.model.climatology import Climatology
 from pulse.settings import PulseSettings
 from pulse.stores.online_snapshot import FeatureSnapshot, read_online_features
-from serving import background, schemas
+from serving import background, model_process, schemas
 
 log = logging.getLogger("pulse.serving")
 Clock = Callable[[], datetime]
@@ -336,6 +338,7 @@ class ServingState:
             reference=reference,
             reason_all=self.lag_reason,
             store_error=self.store_error,
+            predict=model_process.predictor(model) if model else None,
         )
         new = View(table=table, key=key, **parts)
         if view is not None:

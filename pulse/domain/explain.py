@@ -10,7 +10,7 @@ this time"; the three largest are kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +29,15 @@ BASELINE_FEATURES = (
 )
 
 
-def _sign_label(up: str, down: str) -> Callable[[pd.Series, float], str]:
+def _sign_label(up: str, down: str) -> Callable[[Mapping, float], str]:
     return lambda row, effect: up if effect > 0 else down
 
 
-def _present_label(column: str, present: str, absent: str) -> Callable[[pd.Series, float], str]:
+def _present_label(column: str, present: str, absent: str) -> Callable[[Mapping, float], str]:
     return lambda row, effect: present if (row.get(column) or 0) > 0 else absent
 
 
-def _temperature(row: pd.Series, effect: float) -> str:
+def _temperature(row: Mapping, effect: float) -> str:
     t = row.get("temperature_c")
     return "temperature" if t is None or not np.isfinite(t) else f"temperature {t:.0f} °C"
 
@@ -46,7 +46,7 @@ def _temperature(row: pd.Series, effect: float) -> str:
 class FactorGroup:
     key: str
     features: tuple[str, ...]
-    label: Callable[[pd.Series, float], str]
+    label: Callable[[Mapping, float], str]  # (the row's feature values, effect) -> label
 
 
 GROUPS: tuple[FactorGroup, ...] = (
@@ -89,6 +89,10 @@ GROUPS: tuple[FactorGroup, ...] = (
 )
 
 
+# A label reads only its own group's features.
+LABEL_COLUMNS = tuple(dict.fromkeys(f for g in GROUPS for f in g.features))
+
+
 @dataclass(frozen=True)
 class Factor:
     key: str
@@ -116,9 +120,11 @@ def explain(
     contrib = booster.predict(x, pred_contrib=True, num_threads=1)
     effects = group_effects(contrib, list(x.columns))
     groups = {g.key: g for g in GROUPS}
+    # the values labels read, as plain dicts: a pandas row per forecast cost more than the SHAP values
+    rows = values[[c for c in LABEL_COLUMNS if c in values]].to_dict("records")
     out: list[list[Factor]] = []
     for i in range(len(x)):
-        row = values.iloc[i]
+        row = rows[i]
         ranked = sorted(((abs(e[i]), k, float(e[i])) for k, e in effects.items()), reverse=True)
         factors = []
         for size, key, effect in ranked[:top]:

@@ -20,6 +20,7 @@ Fallback forecasts are made from the reference's bucket.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -36,6 +37,7 @@ from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
 Source = Literal["model", "climatology"]
+ModelForecasts = Callable[[pd.DataFrame, list[int], float], dict[tuple[str, int], "CellForecast"]]
 log = logging.getLogger("pulse.forecast")
 
 
@@ -133,10 +135,13 @@ def build_table(
     reference: datetime,
     reason_all: str | None = None,
     store_error: str | None = None,
+    predict: ModelForecasts | None = None,
 ) -> ForecastTable:
     """Forecast every entity: the model where its features are fresh, the climatology elsewhere.
 
-    ``features`` None means the online store could not be read (``store_error`` says why).
+    ``features`` None means the online store could not be read (``store_error`` says why). ``predict`` makes
+    the model's forecasts of the fresh rows (default :func:`model_forecasts` with ``forecaster``, in process;
+    the server runs it in another process).
     """
     horizons = list(forecaster.horizons) if forecaster else list(settings.city.horizons)
     reasons: dict[tuple[str, int], str] = {}
@@ -168,7 +173,10 @@ def build_table(
     model_error = None
     if not fresh.empty:
         try:
-            cells.update(_model_forecasts(forecaster, fresh, horizons, settings.serving.surge_elasticity))
+            if predict is None:
+                cells.update(model_forecasts(forecaster, fresh, horizons, settings.serving.surge_elasticity))
+            else:
+                cells.update(predict(fresh, horizons, settings.serving.surge_elasticity))
         except Exception as err:  # a model that cannot read today's features: fall back, never a 500
             model_error = f"the model cannot forecast from the online features: {type(err).__name__}: {err}"
             log.error(model_error)
@@ -190,9 +198,10 @@ def build_table(
     )
 
 
-def _model_forecasts(
+def model_forecasts(
     forecaster: DemandForecaster, fresh: pd.DataFrame, horizons: list[int], elasticity: float
 ) -> dict[tuple[str, int], CellForecast]:
+    """The model's forecast of every row of ``fresh`` (feature rows of cells whose features are current)."""
     origins = [ts.to_pydatetime() for ts in fresh["feature_ts"]]
     supply = fresh["idle_drivers"].to_numpy(float)  # persistence: idle drivers now, expected at every horizon
     per_h: dict[int, tuple] = {}
