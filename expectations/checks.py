@@ -75,19 +75,30 @@ def _history_days(con: duckdb.DuckDBPyConnection, table: str, before: date) -> i
 
 
 def null_floors(
-    con: duckdb.DuckDBPyConnection, settings: PulseSettings, table: str, start: date, end: date
+    con: duckdb.DuckDBPyConnection,
+    settings: PulseSettings,
+    table: str,
+    start: date,
+    end: date,
+    per_hour: bool = False,
 ) -> dict[str, float]:
     """Minimum non-null share per optional column: the median over the reference days of each day's share,
     minus the slack (0 without any reference day). A column that vanishes from the feed on a day fails that
-    day, even in a backfill whose other days carry it; a feed that never had it passes."""
+    day, even in a backfill whose other days carry it; a feed that never had it passes.
+
+    ``per_hour``: the lowest share any hour of the reference days had, minus the slack: what a running day's
+    buckets are judged by (:func:`bucket_floors`). Shares swing with the time of day (an evening short of
+    drivers leaves more requests unanswered, so more ``accepted`` are NULL) where a day's do not."""
     c = ingest.CONTRACTS[table]
     if not c.optional:
         return {}
-    shares = ", ".join(f"median(n_{col} / n) AS {col}" for col in c.optional)
+    group = f"time_bucket(INTERVAL 1 HOUR, {c.ts_col})" if per_hour else "event_date"
+    pick = "min" if per_hour else "median"
+    shares = ", ".join(f"{pick}(n_{col} / n) AS {col}" for col in c.optional)
     counts = ", ".join(f"count({col}) AS n_{col}" for col in c.optional)
     row = con.execute(
         f"SELECT {shares} FROM (SELECT count(*) AS n, {counts} FROM raw.{table} "
-        f"WHERE event_date >= ? AND event_date < ? GROUP BY event_date)",
+        f"WHERE event_date >= ? AND event_date < ? GROUP BY {group})",
         [start, end],
     ).fetchone()
     return {
@@ -317,11 +328,24 @@ def window_grid(
 
 
 def raw_reference(con: duckdb.DuckDBPyConnection, settings: PulseSettings, day: date) -> dict[str, dict[str, Any]]:
-    """Per raw table, the parameters its suite judges a running day's rows with: the city's bounds and the usual
-    null shares of the trailing days (the same for every bucket of the day: computed once a day)."""
+    """Per raw table, the parameters its suite judges a running day's buckets with: the city's bounds and the
+    lowest non-null shares an hour of the trailing days had (the same for every bucket: computed once a day)."""
     start, end, basis = reference_days(con, [day])
     bounds = city_bounds(con, settings, start, end)
-    return {t: {**bounds, **null_floors(con, settings, t, start, end), "basis": basis} for t in RAW_TABLES}
+    return {
+        t: {**bounds, **null_floors(con, settings, t, start, end, per_hour=True), "basis": basis} for t in RAW_TABLES
+    }
+
+
+def bucket_floors(reference: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The parameters of a raw suite for a window of ``rows`` rows: the reference's non-null floors lowered by
+    three binomial standard errors of a share over that many rows (a 3-row bucket's share says little; a
+    column gone from a busy bucket still fails)."""
+    out = {k: v for k, v in reference.items() if k != "basis"}
+    for key, floor in out.items():
+        if key.startswith("min_non_null_"):
+            out[key] = max(0.0, floor - 3.0 * float(np.sqrt(floor * (1.0 - floor) / max(rows, 1))))
+    return out
 
 
 BUCKET_SUITES = [*(f"raw_{t}" for t in RAW_TABLES), "fct_demand_15min", "fct_demand_features_15min"]
@@ -353,8 +377,7 @@ def bucket_rows(
         if frame.empty:
             notes.append(f"no {table} rows in the window")
             continue
-        parameters = {k: v for k, v in reference[table].items() if k != "basis"}
-        outcomes.append(validate(f"raw_{table}", frame, parameters))
+        outcomes.append(validate(f"raw_{table}", frame, bucket_floors(reference[table], len(frame))))
     outcomes.append(_fact_rows(con, settings, start, end, grid_rows, cells))
     outcomes.append(_feature_rows(con, settings, start, end, grid_rows))
     return Validation(outcomes, [f"{start:%Y-%m-%d %H:%M}..{end:%H:%M}"], notes)

@@ -306,3 +306,33 @@ def test_training_set_suite():
     assert "expect_column_values_to_be_between(requests)" in text
     assert "expect_column_values_to_be_in_set(hex_id)" in text
     assert "training_targets: expect_column_distinct_values_to_equal_set(horizon_min)" in text
+
+
+def test_a_bucket_is_judged_by_the_null_shares_buckets_had_not_days(ingested):
+    """A 15-minute bucket's null shares swing with the time of day where a day's do not: the floors a running
+    day's buckets are judged by are the lowest a reference bucket had, so every bucket of a clean day passes,
+    while a column gone from the feed still fails its bucket."""
+    settings, con = ingested
+    day = START + timedelta(days=2)
+    reference = checks.raw_reference(con, settings, day)["ride_requests"]
+    frame = con.execute("SELECT * FROM raw.ride_requests WHERE event_date = ?", [day]).df()
+    buckets = [rows for _, rows in frame.groupby(frame["requested_at"].dt.floor("15min"))]
+    assert len(buckets) == 96
+
+    def failing(reference: dict) -> int:
+        return sum(
+            not runner.validate("raw_ride_requests", rows, checks.bucket_floors(reference, len(rows))).success
+            for rows in buckets
+        )
+
+    assert failing(reference) == 0
+    day_floors = {k: v for k, v in reference.items() if k != "basis"}
+    day_floors.update(checks.null_floors(con, settings, "ride_requests", START, day))
+    assert sum(not runner.validate("raw_ride_requests", rows, day_floors).success for rows in buckets) > 0
+    busiest = max(buckets, key=len)
+    gone = runner.validate(
+        "raw_ride_requests", busiest.assign(accepted=None), checks.bucket_floors(reference, len(busiest))
+    )
+    assert [(f.expectation, f.kwargs["column"]) for f in gone.failed] == [
+        ("expect_column_proportion_of_non_null_values_to_be_between", "accepted")
+    ]
