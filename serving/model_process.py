@@ -5,8 +5,9 @@ core (LightGBM's ``pred_contrib``), on a machine whose other core answers reques
 lower priority (:mod:`serving.background`) that work never takes the core or the GIL from a request; the
 server receives the finished forecasts.
 
-The child keeps the last forecaster it was sent, by version, so the model crosses the pipe once per version
-(and again after the child was restarted: :class:`ModelNotLoaded` asks for it).
+The child keeps the last forecaster it was sent, by version and training run (the child serves every app in
+the process, and two cities each have a version 1), so the model crosses the pipe once per version, and again
+after the child was restarted (:class:`ModelNotLoaded` asks for it).
 """
 
 from __future__ import annotations
@@ -28,28 +29,30 @@ class ModelNotLoaded(RuntimeError):
 
 
 def _forecast(
-    version: str, forecaster: DemandForecaster | None, fresh: pd.DataFrame, horizons: list[int], elasticity: float
+    key: str, forecaster: DemandForecaster | None, fresh: pd.DataFrame, horizons: list[int], elasticity: float
 ) -> dict[tuple[str, int], CellForecast]:
-    """In the child: the forecasts of ``fresh`` by ``version``, which is ``forecaster`` when it is sent."""
+    """In the child: the forecasts of ``fresh`` by the model ``key``, which is ``forecaster`` when it is sent."""
     if forecaster is not None:
         _loaded.clear()
-        _loaded[version] = forecaster
-    held = _loaded.get(version)
+        _loaded[key] = forecaster
+    held = _loaded.get(key)
     if held is None:
-        raise ModelNotLoaded(version)
+        raise ModelNotLoaded(key)
     return model_forecasts(held, fresh, horizons, elasticity)
 
 
 def predictor(model: LoadedModel):
     """``build_table``'s ``predict`` for ``model``, run in the background process."""
 
+    key = f"v{model.version} of run {model.run_id}"
+
     def predict(fresh: pd.DataFrame, horizons: list[int], elasticity: float) -> dict[tuple[str, int], CellForecast]:
         args = (fresh, horizons, elasticity)
         try:
-            return background.call(PURPOSE, _forecast, model.version, None, *args, timeout=TIMEOUT_SECONDS)
+            return background.call(PURPOSE, _forecast, key, None, *args, timeout=TIMEOUT_SECONDS)
         except background.BackgroundError as err:
             if err.kind != ModelNotLoaded.__name__:
                 raise
-        return background.call(PURPOSE, _forecast, model.version, model.forecaster, *args, timeout=TIMEOUT_SECONDS)
+        return background.call(PURPOSE, _forecast, key, model.forecaster, *args, timeout=TIMEOUT_SECONDS)
 
     return predict
