@@ -129,9 +129,16 @@ def live_run(home: Path, speed: float, hours: float, rate: float, label: str) ->
         except OSError:  # 503: no model, every cell gets the climatology fallback
             model = "no model: climatology fallback"
 
+        spec = {"port": port, "raws_file": mix.name, "mode": "open", "rate": rate, "seconds": 20}
+
         def load_forever() -> None:
             while proc.poll() is None:
-                loads.append(load({"port": port, "raws_file": mix.name, "mode": "open", "rate": rate, "seconds": 20}))
+                try:
+                    loads.append(load(spec))
+                except subprocess.CalledProcessError:
+                    if proc.poll() is None:  # the API failed while the run went on: a real failure
+                        raise
+                    # the run ended during the window (its API stopped): that window is not a measurement
 
         loader = threading.Thread(target=load_forever, daemon=True)
         loader.start()
