@@ -39,7 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.real_logs import RESULTS, ROOT, analyse, city_env, every_cell_line, pulse, real_goals, table
+from bench.real_logs import (
+    RESULTS,
+    ROOT,
+    analyse,
+    city_env,
+    day_table,
+    every_cell_line,
+    pulse,
+    real_goals,
+    table,
+)
 
 DATASETS = ("simulated", "nyc_taxi", "chicago_divvy")
 README_START, README_END = "<!-- forecast-bench:start -->", "<!-- forecast-bench:end -->"
@@ -283,8 +293,9 @@ def simulated(args) -> tuple[dict, list[str], bool]:
     return result, block, ok
 
 
-def real_block(title: str, runs: dict[str, dict]) -> tuple[list[str], list[str], bool]:
-    """README lines of one real log's backtests (window label → result of its bench script)."""
+def real_block(title: str, runs: dict[str, dict], days: bool = False) -> tuple[list[str], list[str], bool]:
+    """README lines of one real log's backtests (window label → result of its bench script), with ``days`` a
+    table per local day at 60 minutes."""
     lines, goals, ok = [f"#### {title}", ""], [], True
     for run in runs.values():
         c = run["analysis"]["cells"]
@@ -294,6 +305,9 @@ def real_block(title: str, runs: dict[str, dict]) -> tuple[list[str], list[str],
             f"{c['quiet']} quiet; quiet cells hold {c['quiet_demand_share_in_backtest']:.1%} of the window's demand)."
         )
     lines += ["", *table_for_windows(runs), ""]
+    if days:
+        for run in runs.values():
+            lines += [*day_table(run["analysis"]), ""]
     for label, run in runs.items():
         g, passed = real_goals(run["analysis"])
         run["goals_60min"], run["goals_met"] = g, passed
@@ -352,7 +366,7 @@ def main() -> None:
         chicago = chicago_divvy.run(RESULTS.joinpath("tmp", "chicago_divvy").resolve())
         label = f"{chicago_divvy.START}..{chicago_divvy.END}"
         block, goals, verdicts["chicago_divvy"] = real_block(
-            "Chicago Divvy pickups, H3 resolution 6 (real trip log)", {label: chicago}
+            "Chicago Divvy pickups, H3 resolution 6 (real trip log)", {label: chicago}, days=True
         )
         result["chicago_divvy"] = chicago
         blocks.append(block)

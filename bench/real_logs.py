@@ -121,10 +121,54 @@ def analyse(home: Path, out: Path) -> dict:
         "left_out": {name: s.attrs.get("left_out", {}) for name, s in scores.items() if len(s)},
         "pit_coverage_p10_p90": {int(h): float(c) for h, c in info.get("pit_coverage_p10_p90", {}).items()},
     }
+    result["by_day"] = by_day(frames, actuals, settings.city.timezone)
     model = frames[MODEL]
     if "source" in model.columns:  # which forecaster answered each row, when the export says it
         result["rows_by_source"] = {str(k): int(v) for k, v in model.groupby("source").size().items()}
     return result
+
+
+def by_day(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame, timezone: str) -> list[dict]:
+    """Per local day of the target at 60 minutes, on the model's rows: demand, each forecaster's WAPE, model bias.
+    Where the shocks of a real city show."""
+    from pulse.lifecycle.evaluation import KEYS, utc
+
+    h = REAL_GOAL_HORIZON
+    base = actuals[actuals["horizon_min"] == h].assign(origin_ts=lambda f: utc(f["origin_ts"]))
+    for name, frame in frames.items():
+        part = frame[frame["horizon_min"] == h][[*KEYS, "target_start", "p50"]].rename(columns={"p50": name})
+        part = part.assign(origin_ts=utc(part["origin_ts"]), target_start=utc(part["target_start"]))
+        base = base.merge(part if name == MODEL else part.drop(columns="target_start"), on=KEYS, how="inner")
+    if base.empty:
+        return []
+    base["day"] = base["target_start"].dt.tz_convert(timezone).dt.date.astype(str)
+    rows = []
+    for day, part in base.groupby("day", sort=True):
+        a = part["actual"].to_numpy(float)
+        row = {"day": day, "requests": float(a.sum())}
+        for name in frames:
+            row[f"wape_{name}"] = float(np.abs(part[name].to_numpy(float) - a).sum() / a.sum()) if a.sum() else None
+        row["model_bias"] = float((part[MODEL].to_numpy(float) - a).mean())
+        rows.append(row)
+    return rows
+
+
+def day_table(analysis: dict) -> list[str]:
+    """Markdown: per local day at 60 minutes, demand and WAPE of the model and the baselines."""
+    days = analysis.get("by_day") or []
+    if not days:
+        return []
+    names = [n for n in ("model", "last_value", "seasonal_naive", CLIMATOLOGY) if f"wape_{n}" in days[0]]
+    rows = [
+        f"| day (local, {REAL_GOAL_HORIZON} min) | requests | "
+        + " | ".join(f"WAPE {n}" for n in names)
+        + " | model bias |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for d in days:
+        w = [f"{d[f'wape_{n}']:.3f}" if d[f"wape_{n}"] is not None else "–" for n in names]
+        rows.append(f"| {d['day']} | {d['requests']:,.0f} | " + " | ".join(w) + f" | {d['model_bias']:+.2f} |")
+    return rows
 
 
 def wape(analysis: dict, group: str, forecaster: str, horizon: int) -> float:
