@@ -257,7 +257,7 @@ def simulated(args) -> tuple[dict, list[str], bool]:
     analysis = analyse(home, out)
     goals, ok = goal_lines(scores)
     goals.append(every_cell_line(analysis))
-    ok &= not analysis["cells"]["not_forecast"]
+    ok = bool(ok) and not analysis["cells"]["not_forecast"]
     result = {
         "command": " ".join(command),
         "city": {"home": str(home), "days": len(days), "first_day": days[0].isoformat(), "last_day": last.isoformat()},
