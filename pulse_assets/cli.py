@@ -248,9 +248,9 @@ def import_trips(
     repeats: Annotated[
         str | None,
         typer.Option(
-            help="How a row identical to an earlier one (pickup instant, point, service type) counts: 'duplicate' "
-            "(the same trip written twice: quarantined) or 'separate' (another rider: its own request). The "
-            "default, and how many repeats there were, is printed."
+            help="How a row identical to an earlier one (pickup instant, point, service type) counts: 'separate' "
+            "(another rider: its own request; the default) or 'duplicate' (the same trip written twice: "
+            "quarantined). The import prints how many repeats there were and how they counted."
         ),
     ] = None,
 ) -> None:
