@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +70,18 @@ def analyse(home: Path, out: Path) -> dict:
 
     settings = PulseSettings(home=home)
     info = json.loads(out.with_suffix(".json").read_text())
-    start, train_start = datetime.fromisoformat(info["start"]), datetime.fromisoformat(info["train_start"])
-    days = (start - train_start).total_seconds() / 86400
     frames = backtest.read_backtest(out)
+    model = frames[MODEL]
+    first_origin = pd.to_datetime(model["origin_ts"], utc=True).min().to_pydatetime()
+    last_target = pd.to_datetime(model["target_start"], utc=True).max() + pd.Timedelta("15min")
+    start = datetime.fromisoformat(info["start"]) if "start" in info else first_origin
+    end = datetime.fromisoformat(info["end"]) if "end" in info else last_target
+    # the window training saw, as the backtest wrote it; else the default window before the start
+    train_days = info.get("train_days", settings.training.train_days)
+    train_start = (
+        datetime.fromisoformat(info["train_start"]) if "train_start" in info else start - timedelta(train_days)
+    )
+    days = (start - train_start).total_seconds() / 86400
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
         truth = backtest.truth_frame(settings, frames[MODEL])
@@ -88,7 +97,7 @@ def analyse(home: Path, out: Path) -> dict:
         window_actuals = con.execute(
             """SELECT hex_id, sum(requests) AS n FROM main.fct_demand_15min
                WHERE bucket_start >= ? AND bucket_start < ? GROUP BY 1""",
-            [start.replace(tzinfo=None), datetime.fromisoformat(info["end"]).replace(tzinfo=None)],
+            [start.replace(tzinfo=None), pd.Timestamp(end).to_pydatetime().replace(tzinfo=None)],
         ).df()
     threshold = float(info.get("min_cell_daily_requests", settings.training.min_cell_daily_requests))
     busy = set(per_cell.loc[per_cell["n"] >= threshold * days, "hex_id"])
@@ -122,7 +131,6 @@ def analyse(home: Path, out: Path) -> dict:
         "pit_coverage_p10_p90": {int(h): float(c) for h, c in info.get("pit_coverage_p10_p90", {}).items()},
     }
     result["by_day"] = by_day(frames, actuals, settings.city.timezone)
-    model = frames[MODEL]
     if "source" in model.columns:  # which forecaster answered each row, when the export says it
         result["rows_by_source"] = {str(k): int(v) for k, v in model.groupby("source").size().items()}
     return result
