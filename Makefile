@@ -79,10 +79,12 @@ test: install system-deps browser lint check-defs
 bench-serving: install
 	$(UV) run --frozen python -m bench.serving_bench --write-readme --json bench/results/serving.json
 
-# The forecast-quality benchmark (README "Forecast quality"): backtests the last 7 days of the default simulated
-# city (built under bench/results/tmp/default when missing) and checks the goals at 60 minutes.
+# The forecast-quality benchmark (README "Forecast quality"): backtests the simulated city (last 7 days), NAB's NYC
+# taxi series (two windows) and Chicago's Divvy pickups (last two weeks), each city built under bench/results/tmp/
+# when missing, and checks the goals at 60 minutes. DATASETS=simulated skips the real logs.
+DATASETS ?= simulated,nyc_taxi,chicago_divvy
 bench-forecast: install
-	$(UV) run --frozen python -m bench.forecast_quality --write-readme
+	$(UV) run --frozen python -m bench.forecast_quality --write-readme --datasets $(DATASETS)
 
 # The pipeline throughput benchmark (README "Pipeline throughput"): one simulated city day at 1×, 2× and 4×
 # (1× ≈ 5.2 million events) through the real assets, per-stage events/s and peak memory, fixed cost, the

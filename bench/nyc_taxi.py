@@ -18,16 +18,13 @@ choice), and a city-wide total is far smoother than one res-6 cell of a real cit
 Backtests (each trains on the 21 days before its start):
 * ``jan-normal``: 2015-01-05..2015-01-18, two ordinary weeks after the holidays;
 * ``last-week``: 2015-01-25..2015-01-31, the blizzard and its travel ban (a labelled anomaly).
-Results go to ``bench/results/nyc_taxi.json``.
+Results, with the analysis of ``bench.real_logs`` per window, go to ``bench/results/nyc_taxi.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,24 +32,15 @@ import h3
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.real_logs import RESULTS, ROOT, analyse, city_env, pulse
+
 SOURCE = ROOT / "data" / "nab_nyc_taxi" / "nyc_taxi.csv"
-RESULTS = ROOT / "bench" / "results"
 WINDOWS = {"jan-normal": ("2015-01-05", "2015-01-18"), "last-week": ("2015-01-25", "2015-01-31")}
 CENTRE = h3.cell_to_latlng(h3.latlng_to_cell(40.758, -73.9855, 6))
 FIRST_UTC_DAY, END_UTC_DAY = "2014-07-02", "2015-02-01"
-# The blizzard's travel ban (2015-01-27) cut the day to a quarter of a normal Tuesday: the day-volume gate (issue 4)
+# The blizzard's travel ban (2015-01-27) cut the day to a quarter of a normal Tuesday: the day-volume gate
 # rightly blocks such a day; this sanity check lets it through to see how the forecasts cope.
 GATE_ENV = {"PULSE_QUALITY__DAY_TOTAL_MIN_RATIO": "0.2"}
-
-
-def pulse(env: dict[str, str], *args: str) -> str:
-    print("$", " ".join(["pulse", *args]), flush=True)
-    cmd = [str(Path(sys.executable).parent / "pulse"), *args]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result.stdout
 
 
 def trip_log(scale: float, seed: int = 7) -> pd.DataFrame:
@@ -79,19 +67,14 @@ def trip_log(scale: float, seed: int = 7) -> pd.DataFrame:
     )[keep]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--home", type=Path, default=RESULTS / "tmp" / "nyc_taxi")
-    ap.add_argument("--scale", type=float, default=100.0, help="Passengers per imported pickup")
-    args = ap.parse_args()
-    home = args.home.resolve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    env.update(PULSE_HOME=str(home), DAGSTER_HOME=str(home / "dagster"), **GATE_ENV)
-    result: dict = {"source": str(SOURCE), "scale": args.scale}
+def run(home: Path, scale: float = 100.0) -> dict:
+    """Build the one-cell city in ``home`` when missing, backtest and evaluate both windows."""
+    env = city_env(home, GATE_ENV)
+    result: dict = {"source": str(SOURCE), "scale": scale}
     if not (home / "warehouse.duckdb").exists():
         home.mkdir(parents=True, exist_ok=True)
         csv = home / "trips.csv"
-        trip_log(args.scale).to_csv(csv, index=False)
+        trip_log(scale).to_csv(csv, index=False)
         t0 = time.perf_counter()
         result["import"] = pulse(
             env, "import-trips", str(csv), "--ts-col", "pickup_datetime", "--lat-col", "pickup_latitude",
@@ -109,10 +92,21 @@ def main() -> None:
         print(printed)
         result["backtests"][name] = {
             "command": f"pulse backtest --start {start} --end {end} --out {out.relative_to(ROOT)}",
+            "window": f"{start}..{end}",
             "seconds": round(time.perf_counter() - t0),
             "evaluation": pulse(env, "evaluate", str(out)),
+            "analysis": analyse(home, out),
         }
-    (RESULTS / "nyc_taxi.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=RESULTS / "tmp" / "nyc_taxi")
+    ap.add_argument("--scale", type=float, default=100.0, help="Passengers per imported pickup")
+    args = ap.parse_args()
+    result = run(args.home.resolve(), args.scale)
+    (RESULTS / "nyc_taxi.json").write_text(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
 ``city``        name, start_date, h3_resolution, service_types, horizons, timezone, lat_min, lat_max,
                 lng_min, lng_max, min_cell_requests (``pulse import-trips`` writes them to ``city.env``)
 ``training``    train_days, holdout_days, max_training_rows, seed, min_cell_daily_requests, calibration_days
-``quality``     max_quarantine_share, null_rate_slack, day_total_min_ratio, day_total_max_ratio
+``quality``     max_quarantine_share, null_rate_slack, day_total_min_ratio, day_total_max_ratio, bounds_mads
 ``drift``       psi_moderate, psi_severe, ks_moderate, ks_severe, null_rise_severe, min_rows,
                 severe_min_features, wape_ratio_moderate, wape_ratio_severe, volume_ratio_severe
 ``promotion``   wape_tolerance, retrain_cooldown_minutes, landing_settle_seconds
@@ -120,6 +120,9 @@ class QualitySettings(BaseModel):
     null_rate_slack: float = Field(default=0.1, description="Allowed rise of a column's null share vs trailing days.")
     day_total_min_ratio: float = Field(default=0.4, description="Day's requests vs the trailing-weeks reference.")
     day_total_max_ratio: float = 2.5
+    bounds_mads: float = Field(
+        default=10.0, gt=0, description="City bounds of the pickups: reference days' median ± this many MADs."
+    )
 
 
 class DriftSettings(BaseModel):

@@ -245,8 +245,17 @@ def import_trips(
     timezone: Annotated[str, typer.Option(help="Zone of times without an offset; the city's clock.")] = "UTC",
     h3_res: Annotated[int | None, typer.Option(help="H3 resolution of the city's cells (default 8).")] = None,
     city: Annotated[str | None, typer.Option(help="The city's name.")] = None,
+    repeats: Annotated[
+        str | None,
+        typer.Option(
+            help="How a row identical to an earlier one (pickup instant, point, service type) counts: 'separate' "
+            "(another rider: its own request; the default) or 'duplicate' (the same trip written twice: "
+            "quarantined). The import prints how many repeats there were and how they counted."
+        ),
+    ] = None,
 ) -> None:
     """Import trip logs (pickup time and point) as ride_requests day partitions of the landing zone."""
+    from pulse.data.trips import DEFAULT_REPEATS
     from pulse.data.trips import import_trips as run_import
 
     settings = _settings()
@@ -265,6 +274,7 @@ def import_trips(
             timezone=timezone,
             h3_res=h3_res,
             city=city,
+            repeats=repeats or DEFAULT_REPEATS,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"import refused: {err}", err=True)

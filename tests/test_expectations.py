@@ -126,6 +126,28 @@ def test_backfill_judges_each_day_against_the_city_not_against_itself(ingested):
             reland(settings, con, day, lambda df: df)
 
 
+def test_city_bounds_width_is_a_setting():
+    """Median ± PULSE_QUALITY__BOUNDS_MADS median absolute deviations: a far but real pickup that falls outside
+    the default 10 is inside a wider setting, and the settings' own bounds still cap the result."""
+    con = duckdb.connect()
+    lat = np.r_[np.linspace(41.85, 41.95, 99), 41.60]  # MAD ≈ 0.0255°: 41.60 is about 12 MADs below the median
+    con.execute("CREATE SCHEMA raw")
+    con.execute(
+        "CREATE TABLE raw.ride_requests AS SELECT CAST(? AS DATE) AS event_date, "
+        "CAST(unnest(?) AS DOUBLE) AS pickup_lat, CAST(-87.6 AS DOUBLE) AS pickup_lng",
+        [START, lat.tolist()],
+    )
+    window = (START, START + timedelta(days=1))
+    default = checks.city_bounds(con, PulseSettings(), *window)
+    wide = checks.city_bounds(con, PulseSettings(quality={"bounds_mads": 15}), *window)
+    capped = checks.city_bounds(con, PulseSettings(quality={"bounds_mads": 15}, city={"lat_min": 41.7}), *window)
+    median = np.median(lat)
+    mad = np.median(np.abs(lat - median))
+    assert default["lat_min"] == pytest.approx(median - 10 * mad) and default["lat_min"] > 41.60
+    assert wide["lat_min"] == pytest.approx(median - 15 * mad) and wide["lat_min"] < 41.60
+    assert capped["lat_min"] == 41.7
+
+
 def test_nothing_to_validate_is_a_failure_unless_skipped_for_a_reason(ingested, tmp_path):
     settings, con = ingested
     assert not runner.Validation([], ["2026-10-26"]).success

@@ -74,6 +74,7 @@ def _import(settings, files):
         timezone="America/New_York",
         h3_res=7,
         city="messy",
+        repeats="duplicate",  # this log's repeats are the same trips written twice (one in another offset)
     )
 
 
@@ -172,3 +173,87 @@ def test_refusals(settings, trip_files, tmp_path):
     )
     assert (report.read, report.accepted, report.reasons) == (2, 1, {"unparsable pickup time": 1})
     assert report.service_types == [2]
+
+
+def test_repeats_count_as_duplicates_or_as_separate_requests(settings, trip_files):
+    """The same log imported both ways: the same repeats found; either quarantined or kept with distinct ids."""
+    dup = _import(settings, trip_files)
+    dup_rows = _landing(settings)
+    assert (dup.repeats, dup.repeats_counted_as) == (3, "duplicate")
+    assert dup.reasons["duplicate trip"] == 3 and "3 (" in dup.repeats_line() and "duplicates" in dup.repeats_line()
+
+    sep = import_trips(
+        settings,
+        trip_files,
+        ts_col="when",
+        lat_col="lat",
+        lng_col="lon",
+        service_type_col="product",
+        timezone="America/New_York",
+        h3_res=7,
+        repeats="separate",
+    )
+    rows = _landing(settings)
+    assert (sep.repeats, sep.repeats_counted_as) == (3, "separate")
+    assert "duplicate trip" not in sep.reasons and {k: v for k, v in sep.reasons.items()} == {
+        k: v for k, v in EXPECTED_REASONS.items() if k != "duplicate trip"
+    }
+    assert (sep.accepted, sep.quarantined) == (dup.accepted + 3, dup.quarantined - 3)
+    assert sep.read == sep.accepted + sep.quarantined == dup.read
+    assert len(pd.read_parquet(sep.quarantine_path)) == sep.quarantined
+    # each repeat is its own request: the first occurrence keeps the id it has in duplicate mode, the n-th gets #n
+    assert len(rows) == sep.accepted and rows["request_id"].is_unique
+    assert set(dup_rows["request_id"]) < set(rows["request_id"])
+    extra = sorted(set(rows["request_id"]) - set(dup_rows["request_id"]))
+    assert [i.split("#")[1] for i in extra] == ["2", "2", "2"]
+    assert {i.split("#")[0] for i in extra} <= set(dup_rows["request_id"])
+    noon = rows[rows["requested_at"].dt.tz_convert("UTC").dt.tz_localize(None) == datetime(2026, 10, 26, 12, 5)]
+    assert noon.groupby("service_type").size().to_dict() == {1: 2, 2: 2}  # CSV rows 1-2 (st 1), row 3 + Parquet (st 2)
+
+    # re-importing writes the same partitions, and ingest keeps every repeat (distinct ids)
+    before = {p.name: pq.read_table(p) for p in (settings.landing_dir / "ride_requests").glob("*/part-0.parquet")}
+    again = import_trips(
+        settings,
+        trip_files,
+        ts_col="when",
+        lat_col="lat",
+        lng_col="lon",
+        service_type_col="product",
+        timezone="America/New_York",
+        h3_res=7,
+        repeats="separate",
+    )
+    after = {p.name: pq.read_table(p) for p in (settings.landing_dir / "ride_requests").glob("*/part-0.parquet")}
+    assert (again.accepted, again.repeats) == (sep.accepted, sep.repeats)
+    assert before.keys() == after.keys() and all(before[k].equals(after[k]) for k in before)
+    city = PulseSettings(home=settings.home)
+    with warehouse.connect(city) as con:
+        for day in sep.days:
+            r = ingest.ingest_partition(con, city, "ride_requests", day)
+            assert r.read == r.accepted and r.quarantined == 0, r.reasons
+        assert con.execute("SELECT count(*) FROM raw.ride_requests").fetchone()[0] == sep.accepted
+
+    with pytest.raises(ValueError, match="repeats must be one of"):
+        import_trips(settings, trip_files, ts_col="when", lat_col="lat", lng_col="lon", repeats="drop")
+
+
+def test_import_command_prints_how_repeats_counted(settings, trip_files, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pulse_assets.cli import app
+
+    monkeypatch.setenv("PULSE_HOME", str(settings.home))
+    monkeypatch.setenv("DAGSTER_HOME", str(settings.home / "dagster"))  # the command sets it: restored after
+    monkeypatch.setenv("PULSE_CITY__LAT_MIN", "40")
+    monkeypatch.setenv("PULSE_CITY__LNG_MIN", "-75")
+    args = ["import-trips", *map(str, trip_files), "--ts-col", "when", "--lat-col", "lat", "--lng-col", "lon"]
+    args += ["--service-type-col", "product", "--timezone", "America/New_York"]
+    default = CliRunner().invoke(app, args)
+    assert default.exit_code == 0, default.output
+    assert "repeats (same pickup instant, point and service type as an earlier row): 3 " in default.output
+    assert "counted as separate requests" in default.output and "duplicate trip" not in default.output
+    duplicate = CliRunner().invoke(app, [*args, "--repeats", "duplicate"])
+    assert duplicate.exit_code == 0, duplicate.output
+    assert "counted as duplicates" in duplicate.output and "duplicate trip: 3" in duplicate.output
+    refused = CliRunner().invoke(app, [*args, "--repeats", "twice"])
+    assert refused.exit_code == 1 and "repeats must be one of" in refused.output

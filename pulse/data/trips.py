@@ -9,10 +9,13 @@ the import's quarantine file with the first rule it breaks:
 * ``missing or unparsable coordinates`` / ``invalid coordinates`` (not finite, beyond ±90/±180, or 0,0) /
   ``coordinates outside city bounds`` (``PULSE_CITY__LAT_MIN`` …);
 * ``missing or unparsable service type`` (with ``--service-type-col``);
-* ``duplicate trip``: trip logs rarely carry an id, so a trip is identified by what it says, and a row
-  identical to an earlier one in (pickup time, lat, lng, service type) is a duplicate. The accepted row's
-  ``request_id`` is a hash of those four values: deterministic, so re-importing the same files writes
-  byte-identical partitions.
+* ``duplicate trip`` (with ``repeats="duplicate"``): trip logs rarely carry an id, so a trip is identified by
+  what it says, and a row identical to an earlier one in (pickup time, lat, lng, service type) is a *repeat*.
+  A repeat is either another rider at the same time and place, e.g. a group taking two cars or a log with
+  coarse times and points (``"separate"``, the default: accepted as its own request), or the same trip written
+  twice (``"duplicate"``: quarantined). The accepted row's ``request_id`` is a hash of those four values, with
+  ``#n`` appended for the n-th occurrence (n ≥ 2) of a separate repeat: deterministic, so re-importing the same
+  files writes byte-identical partitions, and distinct, so ingest's de-duplication by id keeps every repeat.
 
 Times without an offset are local times of ``--timezone`` (default UTC) and are stored in UTC.
 A day present in the import replaces that day in the landing zone: import all files of a day together.
@@ -41,6 +44,11 @@ from pulse.domain.cells import cells_for_points
 from pulse.settings import CITY_FILE, PulseSettings, renamed_variables
 
 REQUEST_COLUMNS = [f.name for f in SCHEMAS["ride_requests"]]
+# How rows repeating an earlier row count. Separate requests by default: on Chicago's Divvy log, whose repeats
+# were all distinct rides upstream, quarantining them undercounted demand and did not improve the backtest
+# (README "Real trip logs in").
+REPEATS = ("duplicate", "separate")
+DEFAULT_REPEATS = "separate"
 
 
 @dataclass
@@ -50,6 +58,8 @@ class ImportReport:
     accepted: int
     quarantined: int
     reasons: dict[str, int]
+    repeats: int = 0  # valid rows identical to an earlier valid row in (pickup instant, lat, lng, service type)
+    repeats_counted_as: str = DEFAULT_REPEATS
     days: list[date] = field(default_factory=list)
     cells: int = 0
     h3_resolution: int = 8
@@ -75,6 +85,7 @@ class ImportReport:
                 f"day without data are zero-filled: import whole days)",
             )
         out += [f"  {reason}: {n:,}" for reason, n in sorted(self.reasons.items(), key=lambda kv: -kv[1])]
+        out.append(self.repeats_line())
         out.append(f"service types: {self.service_types}")
         out.append(f"H3 resolution {self.h3_resolution}: {self.cells:,} cells with at least one trip")
         if self.requests_per_cell_day:
@@ -85,6 +96,13 @@ class ImportReport:
         if self.city_file:
             out.append(f"city settings: {self.city_file}")
         return out
+
+    def repeats_line(self) -> str:
+        share = f" ({self.repeats / self.read:.2%} of rows read)" if self.read else ""
+        head = f"repeats (same pickup instant, point and service type as an earlier row): {self.repeats:,}{share}"
+        if self.repeats_counted_as == "separate":
+            return f"{head}, counted as separate requests (accepted; --repeats duplicate would quarantine them)"
+        return f"{head}, counted as duplicates (quarantined; --repeats separate would count each as a request)"
 
 
 def _quote(name: str) -> str:
@@ -119,8 +137,12 @@ def import_trips(
     timezone: str = "UTC",
     h3_res: int | None = None,
     city: str | None = None,
+    repeats: str = DEFAULT_REPEATS,
 ) -> ImportReport:
-    """Validate trip logs and write them to the landing zone; returns what happened to every row read."""
+    """Validate trip logs and write them to the landing zone; returns what happened to every row read.
+    ``repeats`` says how a row identical to an earlier one counts: ``"duplicate"`` or ``"separate"``."""
+    if repeats not in REPEATS:
+        raise ValueError(f"repeats must be one of {list(REPEATS)}, not {repeats!r}")
     if service_type_col and service_type is not None:
         raise ValueError("give either a service type column or one service type for every trip, not both")
     ZoneInfo(timezone)  # fail early on an unknown name
@@ -177,14 +199,18 @@ def import_trips(
             END AS reason
             FROM _typed"""
     )
-    # Duplicates among otherwise valid rows: the first occurrence (by file, then line) is kept.
+    # Repeats among otherwise valid rows, numbered in file then line order: the first occurrence is 1.
+    con.execute("ALTER TABLE _checked ADD COLUMN occurrence BIGINT DEFAULT 1")
     con.execute(
-        """UPDATE _checked SET reason = 'duplicate trip'
+        """UPDATE _checked SET occurrence = d.n
            FROM (SELECT file_no AS f, line AS l, row_number() OVER (
                      PARTITION BY requested_at, lat, lng, service_type ORDER BY file_no, line) AS n
                  FROM _checked WHERE reason IS NULL) d
-           WHERE _checked.file_no = d.f AND _checked.line = d.l AND d.n > 1"""
+           WHERE _checked.file_no = d.f AND _checked.line = d.l"""
     )
+    repeat_rows = con.execute("SELECT count(*) FROM _checked WHERE reason IS NULL AND occurrence > 1").fetchone()[0]
+    if repeats == "duplicate":
+        con.execute("UPDATE _checked SET reason = 'duplicate trip' WHERE reason IS NULL AND occurrence > 1")
     read = con.execute("SELECT count(*) FROM _raw").fetchone()[0]
     reasons = dict(con.execute("SELECT reason, count(*) FROM _checked WHERE reason IS NOT NULL GROUP BY 1").fetchall())
     accepted = con.execute("SELECT count(*) FROM _checked WHERE reason IS NULL").fetchone()[0]
@@ -194,6 +220,8 @@ def import_trips(
         accepted=accepted,
         quarantined=sum(reasons.values()),
         reasons=reasons,
+        repeats=repeat_rows,
+        repeats_counted_as=repeats,
         h3_resolution=res,
     )
     if report.accepted + report.quarantined != report.read:
@@ -217,7 +245,8 @@ def import_trips(
     con.execute(
         """CREATE TEMP TABLE _accepted AS
            SELECT 't' || substr(md5(strftime(requested_at, '%Y-%m-%dT%H:%M:%S.%f') || '|' || CAST(lat AS VARCHAR)
-                       || '|' || CAST(lng AS VARCHAR) || '|' || CAST(service_type AS VARCHAR)), 1, 24) AS request_id,
+                       || '|' || CAST(lng AS VARCHAR) || '|' || CAST(service_type AS VARCHAR)), 1, 24)
+                  || CASE WHEN occurrence > 1 THEN '#' || CAST(occurrence AS VARCHAR) ELSE '' END AS request_id,
                   requested_at, lat, lng, service_type
            FROM _checked WHERE reason IS NULL"""
     )
