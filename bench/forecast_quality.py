@@ -252,7 +252,8 @@ def main() -> None:
     settings = PulseSettings(home=home)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
-        scores = backtest.evaluate(out, con, settings)
+        table = backtest.evaluate(out, con, settings)
+    scores = table[table["cells"] == "all"].drop(columns=["cells", "cell_count"])
     info = json.loads(out.with_suffix(".json").read_text())
     goals, ok = goal_lines(scores)
     result = {

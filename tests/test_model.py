@@ -13,6 +13,7 @@ from pulse.model.forecaster import (
     level_of,
     nb_dispersion_mle,
     nb_loglik,
+    quiet_mean,
     randomized_pit,
     target_bucket,
 )
@@ -149,3 +150,40 @@ def test_randomised_pit_share_is_080_only_when_the_distribution_is_right():
     low = mean == 0.3
     inside = (poisson >= count_quantiles(mean, 0.0, 0.1)) & (poisson <= count_quantiles(mean, 0.0, 0.9))
     assert inside[low].mean() > 0.93
+
+
+def test_quiet_cells_are_forecast_by_the_quiet_model_with_their_own_dispersion(tmp_path):
+    """Busy rows go through the boosters; quiet rows get the pooled smoothed lookbacks of their target bucket
+    and a dispersion fitted on quiet calibration rows; the source says which, and a saved model keeps both."""
+    busy, quiet = "882a100d2bfffff", "882a100d2dfffff"
+    rng = np.random.default_rng(5)
+    train, valid = synthetic(3000, 1), synthetic(800, 2)
+    quiet_rows = synthetic(4000, 3).assign(hex_id=quiet)
+    k = target_bucket(60)
+    quiet_rows[f"tow_smooth_4w_ahead_{k}"] = rng.uniform(0.0, 0.3, len(quiet_rows))
+    quiet_rows[f"tod_smooth_7d_ahead_{k}"] = rng.uniform(0.0, 0.3, len(quiet_rows))
+    quiet_rows.loc[:99, f"tow_smooth_4w_ahead_{k}"] = np.nan  # no 4-week history yet: the 7-day mean alone
+    mu = quiet_mean(quiet_rows, 60)
+    pooled = (12 * quiet_rows[f"tow_smooth_4w_ahead_{k}"] + 21 * quiet_rows[f"tod_smooth_7d_ahead_{k}"]) / 33
+    np.testing.assert_allclose(mu[100:], pooled[100:])
+    np.testing.assert_allclose(mu[:100], quiet_rows.loc[:99, f"tod_smooth_7d_ahead_{k}"])
+    quiet_rows["target_60"] = nb_sample(rng, mu, 0.8)  # overdispersed around the quiet model's mean
+
+    model = DemandForecaster(horizons=[30, 60], cells=[busy], service_types=[1, 2], quiet_cells=[quiet])
+    model.num_rounds = 30
+    model.fit(train, valid, quiet_valid=quiet_rows)
+    assert model.served_cells == sorted([busy, quiet])
+    assert 0.4 < model.quiet_dispersion[60] < 1.6  # found the overdispersion of the quiet rows
+
+    both = pd.concat([valid.head(50), quiet_rows.head(50)], ignore_index=True)
+    pred = model.predict(both, [60])
+    assert (pred["source"].to_numpy() == np.repeat(["model", "quiet_model"], 50)).all()
+    np.testing.assert_allclose(pred["mean"].to_numpy()[50:], mu[:50])
+    np.testing.assert_allclose(pred["mean"].to_numpy()[:50], model.booster_mean(valid.head(50), 60))
+    alphas = model.alphas(pred["mean"].to_numpy(), 60, model.is_quiet(both))
+    assert (alphas[50:] == model.quiet_dispersion[60]).all()
+    assert (alphas[:50] != model.quiet_dispersion[60]).any()
+
+    loaded = DemandForecaster.load(model.save(tmp_path / "m"))
+    assert loaded.quiet_cells == [quiet] and loaded.quiet_dispersion == model.quiet_dispersion
+    pd.testing.assert_frame_equal(loaded.predict(both, [60]), pred)

@@ -6,7 +6,6 @@ of the OpenAPI spec."""
 from __future__ import annotations
 
 import json
-
 import logging
 import math
 import shutil

@@ -77,6 +77,7 @@ class FitResult:
     calibration: pd.DataFrame
     cells_seen: int
     demand_share: float
+    quiet_calibration: pd.DataFrame | None = None  # the quiet cells' rows of the calibration stretch
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -111,6 +112,14 @@ def active_cells(
     total = float(per_cell["n"].sum())
     share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
     return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
+
+
+def city_cells(con: duckdb.DuckDBPyConnection, end: datetime) -> list[str]:
+    """Every cell of dim_cells whose facts start before ``end``: the cells a model trained up to ``end`` serves."""
+    rows = con.execute(
+        "SELECT hex_id FROM main.dim_cells WHERE CAST(active_from AS TIMESTAMP) < ? ORDER BY hex_id", [_naive(end)]
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def series_levels(
@@ -163,30 +172,42 @@ def fit_forecaster(
             f"no active cell in {start}..{end}: no cell averaged {settings.training.min_cell_daily_requests} "
             f"requests a day (PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS)"
         )
+    quiet = sorted(set(city_cells(con, end)) - set(cells))
     last_h = timedelta(minutes=max(horizons))
     fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
-    calib_rows = entity_rows(con, settings, origins(calibration_start - BUCKET, end - last_h), cells)
+    calib_origins = origins(calibration_start - BUCKET, end - last_h)
+    calib_rows = entity_rows(con, settings, calib_origins, cells)
+    quiet_rows = entity_rows(con, settings, calib_origins, quiet) if quiet else calib_rows.iloc[:0]
     fit_rows = sample_rows(
         fit_rows,
         series_levels(con, cells, start, calibration_start),
         settings.training.max_training_rows,
         settings.training.seed,
     )
+    seed = settings.training.seed
     if len(calib_rows) > MAX_CALIBRATION_ROWS:
-        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.training.seed)
-    calib_rows = calib_rows.assign(**{WEIGHT_COLUMN: 1.0})
-    # One point-in-time retrieval for both parts: Feast's fixed cost is paid once.
-    frame = historical_features(settings, pd.concat([fit_rows, calib_rows], ignore_index=True))
+        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=seed)
+    if len(quiet_rows) > MAX_CALIBRATION_ROWS:
+        quiet_rows = quiet_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=seed)
+    parts = [
+        fit_rows.assign(_part="fit"),
+        calib_rows.assign(_part="calib", **{WEIGHT_COLUMN: 1.0}),
+        quiet_rows.assign(_part="quiet", **{WEIGHT_COLUMN: 1.0}),
+    ]
+    # One point-in-time retrieval for every part: Feast's fixed cost is paid once.
+    frame = historical_features(settings, pd.concat(parts, ignore_index=True))
     frame = attach_targets(con, frame, horizons)
-    is_calib = frame["event_timestamp"] >= pd.Timestamp(calibration_start).tz_localize("UTC")
-    train, calibration = frame[~is_calib].reset_index(drop=True), frame[is_calib].reset_index(drop=True)
+    part = frame.pop("_part").to_numpy()
+    train, calibration, quiet_calibration = (frame[part == p].reset_index(drop=True) for p in ("fit", "calib", "quiet"))
     if train.empty or calibration.empty:
         raise ValueError(f"window {start}..{end} leaves no training or no calibration rows")
-    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.city.service_types))
+    forecaster = DemandForecaster(
+        horizons=horizons, cells=cells, service_types=list(settings.city.service_types), quiet_cells=quiet
+    )
     if num_rounds is not None:
         forecaster.num_rounds = num_rounds
-    forecaster.fit(train, calibration, seed=settings.training.seed)
-    return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share)
+    forecaster.fit(train, calibration, seed=seed, quiet_valid=quiet_calibration)
+    return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share, quiet_calibration)
 
 
 def _reference_frame(fit: FitResult, seed: int) -> pd.DataFrame:
