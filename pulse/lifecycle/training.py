@@ -1,6 +1,6 @@
 """Train a candidate on a trailing window of point-in-time features and register it in MLflow.
 
-The training rows are (active cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
+The training rows are (busy cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
 come from the Feast feature service only (point-in-time: the newest row with feature_ts ≤ origin); their
 targets are the realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
 
@@ -15,10 +15,13 @@ The window [start, end) is cut in three, in time order:
 Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
 are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
 
-Active cells: a cell is modelled (and served) when it averaged at least ``min_cell_daily_requests``
-requests a day over the window before the holdout. Training rows are then sampled with a probability
-rising with their series' demand level (every row of a busy series, a fraction of the quiet ones) and
-weighted by the inverse of that probability, so quiet rows neither drown the busy ones nor bias the mean.
+Busy and quiet cells: a cell trains the boosters when it averaged at least ``min_cell_daily_requests``
+requests a day over the window before the holdout; every other cell of ``dim_cells`` is forecast by the
+forecaster's quiet model, whose dispersion is fitted on the quiet cells' rows of the calibration stretch. Both
+are served and backtested; drift and the promotion gates judge the busy cells, the boosters' population.
+The boosters' training rows are sampled with a probability rising with their series' demand level (every row of
+a busy series, a fraction of the quieter ones) and weighted by the inverse of that probability, so quieter rows
+neither drown the busy ones nor bias the mean.
 """
 
 from __future__ import annotations
@@ -289,8 +292,9 @@ def train_candidate(
                         {f"holdout_{name}_{m}_{h}": v for m, v in per_h.get(h, {}).items() if np.isfinite(v)}
                     )
         mlflow.log_dict({"features": forecaster.feature_names, "source_features": FEATURE_NAMES}, "features.json")
-        # drift reference + samples for quality gates
-        drift.log_reference(_reference_frame(fit, settings.training.seed), holdout, seed=settings.training.seed)
+        # drift reference + samples for quality gates: the busy cells, the population drift watches
+        busy_holdout = holdout[~forecaster.is_quiet(holdout)]
+        drift.log_reference(_reference_frame(fit, settings.training.seed), busy_holdout, seed=settings.training.seed)
         mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city.name})
         report.run_id = run.info.run_id
         report.version = registry.log_forecaster(forecaster, run.info.run_id)
