@@ -280,7 +280,12 @@ def backtest(
     start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD) or time of the backtest; trains before it.")],
     end: Annotated[str, typer.Option(help="Last day, inclusive (or an exclusive ISO time).")],
     out: Annotated[Path, typer.Option(help="Model forecasts (Parquet); baselines are written beside it.")],
-    train_days: Annotated[int | None, typer.Option(help="Days of training before --start (default 21).")] = None,
+    train_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days of training before --start (default PULSE_TRAINING__TRAIN_DAYS, 182; clipped to the first day)."
+        ),
+    ] = None,
     num_rounds: Annotated[int | None, typer.Option(help="Boosting rounds per horizon (default 300).")] = None,
 ) -> None:
     """Rolling-origin backtest: train on data before --start, forecast every 15-minute origin in the range."""
