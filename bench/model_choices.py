@@ -65,27 +65,6 @@ def backtest_row(settings, con, start, end, train_days: int) -> tuple[dict, obje
     return row, run
 
 
-def calibration_methods(run) -> dict:
-    """PIT coverage on the busy cells' backtest rows of the same boosters, with the per-level α fitted on the
-    same calibration rows by each method."""
-    from pulse.model.forecaster import LEVEL_EDGES, fit_level_dispersion, level_of
-
-    fc, feats, cal = run.fit.forecaster, run.forecasts.features, run.fit.calibration
-    busy = feats[~fc.is_quiet(feats)]
-    out: dict = {}
-    for h in fc.horizons:
-        crows = cal[cal[f"target_{h}"].notna()]
-        rows = busy[busy[f"target_{h}"].notna()]
-        cmu, mu = fc.booster_mean(crows, h), fc.booster_mean(rows, h)
-        y = rows[f"target_{h}"].to_numpy(float)
-        for method in ("mle", "coverage"):
-            _, levels = fit_level_dispersion(crows[f"target_{h}"].to_numpy(float), cmu, method)
-            alpha = np.asarray(levels)[level_of(mu)]
-            out.setdefault(method, {})[str(h)] = {"pit": pit_share(y, mu, alpha, seed=h)}
-            assert len(levels) == len(LEVEL_EDGES) + 1
-    return out
-
-
 def quiet_comparison(run, truth_path: Path | None) -> dict:
     """Quiet model vs boosters vs climatology on the quiet cells' backtest rows."""
     import pandas as pd
@@ -178,7 +157,6 @@ def main() -> None:
                 "train_days": td,
                 "calibration_days": cal,
             } | row
-            row["calibration_methods"] = calibration_methods(run)
             if args.quiet and first and run.fit.forecaster.quiet_cells:
                 row["quiet_comparison"] = quiet_comparison(run, settings.truth_path)
             first = False

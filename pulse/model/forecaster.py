@@ -66,8 +66,6 @@ NUM_ROUNDS = 300
 # Upper edges of the levels of μ that get their own dispersion (the last level is open-ended).
 LEVEL_EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 MIN_LEVEL_ROWS = 300  # a level with fewer calibration rows takes the horizon's overall α
-PIT_TARGET = 0.8  # share of randomised PIT values in [0.1, 0.9] of a calibrated [p10, p90]
-ALPHA_GRID = np.r_[0.0, np.geomspace(1e-3, 20.0, 45)]  # the α the coverage fit chooses from
 WEIGHT_COLUMN = "sample_weight"  # optional per-row training weight (inverse sampling probability)
 MODEL_SOURCE, QUIET_SOURCE = "model", "quiet_model"  # which model made a forecast
 # The quiet model's two smoothed lookbacks and how many buckets each averages (its pooling weights).
@@ -140,44 +138,19 @@ def nb_dispersion_mle(actual: np.ndarray, mean: np.ndarray) -> float:
     return alpha if nb_loglik(y, mu, alpha) > nb_loglik(y, mu, 0.0) else 0.0
 
 
-def coverage_dispersion(actual: np.ndarray, mean: np.ndarray, target: float = PIT_TARGET, seed: int = 0) -> float:
-    """An α whose randomised PIT puts ``target`` of these rows in [0.1, 0.9]: the interval is fitted to its
-    coverage (split-conformal style) rather than to the whole likelihood, so a few gross errors (a holiday in
-    the calibration stretch) do not widen it for every ordinary day. Of the α on a grid whose share is within
-    sampling noise of the best, the one nearest the ML α: where coverage hardly depends on α (small means,
-    where p10 = 0) the likelihood decides."""
-    y, mu = np.asarray(actual, float), np.asarray(mean, float)
-    if len(y) == 0:
-        return 0.0
-    v = np.random.default_rng(seed).random(len(y))
-    shares = []
-    for alpha in ALPHA_GRID:
-        a = np.full(len(y), alpha)
-        lower, upper = count_cdf(y - 1, mu, a), count_cdf(y, mu, a)
-        u = lower + v * (upper - lower)
-        shares.append(np.mean((u >= 0.1) & (u <= 0.9)))
-    gap = np.abs(np.asarray(shares) - target)
-    noise = 2 * np.sqrt(target * (1 - target) / len(y))
-    near = ALPHA_GRID[gap <= gap.min() + noise]
-    mle = nb_dispersion_mle(y, mu)
-    return float(near[np.argmin(np.abs(np.log(near + 1e-4) - np.log(mle + 1e-4)))])
-
-
 def level_of(mean: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(LEVEL_EDGES), np.asarray(mean, float), side="right")
 
 
-def fit_level_dispersion(actual: np.ndarray, mean: np.ndarray, method: str = "mle") -> tuple[float, list[float]]:
-    """α overall and per level of μ (levels with too few rows take the overall α); ``method`` "mle" fits the
-    likelihood (:func:`nb_dispersion_mle`), "coverage" the interval's coverage (:func:`coverage_dispersion`)."""
-    fit = {"mle": nb_dispersion_mle, "coverage": coverage_dispersion}[method]
+def fit_level_dispersion(actual: np.ndarray, mean: np.ndarray) -> tuple[float, list[float]]:
+    """α overall and per level of μ (levels with too few rows take the overall α)."""
     actual, mean = np.asarray(actual, float), np.asarray(mean, float)
-    overall = fit(actual, mean)
+    overall = nb_dispersion_mle(actual, mean)
     levels = level_of(mean)
     alphas = []
     for lv in range(len(LEVEL_EDGES) + 1):
         rows = levels == lv
-        alphas.append(fit(actual[rows], mean[rows]) if rows.sum() >= MIN_LEVEL_ROWS else overall)
+        alphas.append(nb_dispersion_mle(actual[rows], mean[rows]) if rows.sum() >= MIN_LEVEL_ROWS else overall)
     return overall, alphas
 
 
