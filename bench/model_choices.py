@@ -90,7 +90,11 @@ def quiet_comparison(run, truth_path: Path | None) -> dict:
         ok = np.isfinite(clim)
         y = y[ok]
         cands = {
-            "quiet_model": (quiet_mean(rows, h)[ok], fc.quiet_dispersion[h]),
+            "quiet_model": (fc.quiet_mean(rows, h)[ok], fc.quiet_dispersion[h]),
+            "quiet_model without prior": (
+                np.clip(quiet_mean(rows, h)[ok], 1e-9, None),
+                nb_dispersion_mle(cy, np.clip(quiet_mean(crows, h), 1e-9, None)),
+            ),
             "boosters": (
                 fc.booster_mean(rows, h)[ok],
                 nb_dispersion_mle(cy, fc.booster_mean(crows, h)),

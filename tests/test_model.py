@@ -6,10 +6,12 @@ from pulse.data.contract import FEATURE_NAMES
 from pulse.model.forecaster import (
     LEVEL_EDGES,
     MIN_LEVEL_ROWS,
+    QUIET_PRIOR_WEIGHTS,
     DemandForecaster,
     count_quantiles,
     design_matrix,
     fit_level_dispersion,
+    fit_quiet_prior,
     level_of,
     nb_dispersion_mle,
     nb_loglik,
@@ -174,11 +176,19 @@ def test_quiet_cells_are_forecast_by_the_quiet_model_with_their_own_dispersion(t
     model.fit(train, valid, quiet_valid=quiet_rows)
     assert model.served_cells == sorted([busy, quiet])
     assert 0.4 < model.quiet_dispersion[60] < 1.6  # found the overdispersion of the quiet rows
+    # The prior: the quiet rows' mean, with the least weight on the grid, as their lookbacks are exact here.
+    prior_mean, prior_weight = model.quiet_prior[60]
+    assert prior_mean == pytest.approx(quiet_rows["target_60"].mean()) and prior_weight == QUIET_PRIOR_WEIGHTS[0]
+    no_history = quiet_rows.head(3).assign(**{f"tow_smooth_4w_ahead_{k}": np.nan, f"tod_smooth_7d_ahead_{k}": np.nan})
+    assert model.quiet_mean(no_history, 60) == pytest.approx(np.full(3, prior_mean))  # small, never an impossible 0
+    # Rows whose lookbacks are all zero while the quiet cells' demand is not: the likelihood wants a strong prior.
+    zeros = quiet_rows.assign(**{f"tow_smooth_4w_ahead_{k}": 0.0, f"tod_smooth_7d_ahead_{k}": 0.0})
+    assert fit_quiet_prior(zeros, zeros["target_60"].to_numpy(float), 60)[1] == QUIET_PRIOR_WEIGHTS[-1]
 
     both = pd.concat([valid.head(50), quiet_rows.head(50)], ignore_index=True)
     pred = model.predict(both, [60])
     assert (pred["source"].to_numpy() == np.repeat(["model", "quiet_model"], 50)).all()
-    np.testing.assert_allclose(pred["mean"].to_numpy()[50:], mu[:50])
+    np.testing.assert_allclose(pred["mean"].to_numpy()[50:], model.quiet_mean(quiet_rows.head(50), 60))
     np.testing.assert_allclose(pred["mean"].to_numpy()[:50], model.booster_mean(valid.head(50), 60))
     alphas = model.alphas(pred["mean"].to_numpy(), 60, model.is_quiet(both))
     assert (alphas[50:] == model.quiet_dispersion[60]).all()
@@ -186,6 +196,7 @@ def test_quiet_cells_are_forecast_by_the_quiet_model_with_their_own_dispersion(t
 
     loaded = DemandForecaster.load(model.save(tmp_path / "m"))
     assert loaded.quiet_cells == [quiet] and loaded.quiet_dispersion == model.quiet_dispersion
+    assert loaded.quiet_prior == model.quiet_prior
     pd.testing.assert_frame_equal(loaded.predict(both, [60]), pred)
 
 

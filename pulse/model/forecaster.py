@@ -16,8 +16,10 @@ is uniform for a calibrated forecast, so the share of u in [0.1, 0.9] is 0.8 exa
 Quiet cells. The boosters learn from the busy cells only (``cells``); every other cell of the city
 (``quiet_cells``) is forecast by the quiet model, a smoothed climatology read from the same feature row: the
 mean of the target's local time of week over 4 weeks and of its time of day over 7 days, each smoothed over
-the neighbouring buckets, pooled by the number of buckets each averages (12 and 21). Its own negative-binomial
-α per horizon is fitted on the quiet cells' calibration rows. Keeping it here means serving, backtests and a
+the neighbouring buckets, pooled by the number of buckets each averages (12 and 21) and shrunk towards the
+quiet cells' mean demand with a weight fitted by likelihood (a cell without a request in its lookbacks still
+gets a small μ, not an impossible zero). The prior and its own negative-binomial α per horizon are fitted on
+the quiet cells' calibration rows. Keeping it here means serving, backtests and a
 registered version's pyfunc forecast quiet cells with the same code.
 """
 
@@ -70,6 +72,7 @@ WEIGHT_COLUMN = "sample_weight"  # optional per-row training weight (inverse sam
 MODEL_SOURCE, QUIET_SOURCE = "model", "quiet_model"  # which model made a forecast
 # The quiet model's two smoothed lookbacks and how many buckets each averages (its pooling weights).
 QUIET_LOOKBACKS = (("tow_smooth_4w_ahead_", 12.0), ("tod_smooth_7d_ahead_", 21.0))
+QUIET_PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # buckets the prior mean counts as
 
 
 def target_bucket(horizon_min: int) -> int:
@@ -94,11 +97,13 @@ def design_matrix(features: pd.DataFrame, horizon_min: int) -> pd.DataFrame:
     return x
 
 
-def quiet_mean(features: pd.DataFrame, horizon_min: int) -> np.ndarray:
+def quiet_mean(features: pd.DataFrame, horizon_min: int, prior: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The quiet model's μ per feature row: the smoothed time-of-week and time-of-day means of the target
-    bucket, pooled by the buckets each averages, over those present; 0 where neither exists (no history)."""
+    bucket, pooled by the buckets each averages, over those present, shrunk towards ``prior`` = (mean, weight in
+    buckets): (Σ nᵢ·meanᵢ + w·m) / (Σ nᵢ + w). Without a prior, 0 where no lookback exists."""
     k = target_bucket(horizon_min)
-    total, weight = np.zeros(len(features)), np.zeros(len(features))
+    m, w = prior
+    total, weight = np.full(len(features), w * m), np.full(len(features), w)
     for prefix, n in QUIET_LOOKBACKS:
         if f"{prefix}{k}" not in features:
             continue
@@ -107,6 +112,18 @@ def quiet_mean(features: pd.DataFrame, horizon_min: int) -> np.ndarray:
         total[ok] += n * v[ok]
         weight[ok] += n
     return np.divide(total, weight, out=np.zeros(len(features)), where=weight > 0)
+
+
+def fit_quiet_prior(features: pd.DataFrame, actual: np.ndarray, horizon_min: int) -> tuple[float, float]:
+    """The quiet model's prior for one horizon: the mean demand of the quiet rows, and the weight (in buckets)
+    that maximises their Poisson likelihood; a zero forecast where a quiet cell had no request in its lookbacks
+    would make any request impossible, the prior keeps it small instead."""
+    y = np.asarray(actual, float)
+    if len(y) == 0:
+        return 0.0, 0.0
+    m = float(y.mean())
+    best = max(QUIET_PRIOR_WEIGHTS, key=lambda w: nb_loglik(y, quiet_mean(features, horizon_min, (m, w)), 0.0))
+    return m, float(best)
 
 
 def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float) -> float:
@@ -202,6 +219,7 @@ class DemandForecaster:
     # ... and the other cells of the city, forecast by the quiet model with its own α per horizon.
     quiet_cells: list[str] = field(default_factory=list)
     quiet_dispersion: dict[int, float] = field(default_factory=dict)
+    quiet_prior: dict[int, tuple[float, float]] = field(default_factory=dict)  # horizon -> (mean, weight)
 
     @property
     def feature_names(self) -> list[str]:
@@ -228,11 +246,12 @@ class DemandForecaster:
             mu = self.booster_mean(valid[vrows], h)
             actual = valid.loc[vrows, f"target_{h}"].to_numpy(float)
             self.dispersion[h], self.level_dispersion[h] = fit_level_dispersion(actual, mu)
-            self.quiet_dispersion[h] = 0.0
+            self.quiet_dispersion[h], self.quiet_prior[h] = 0.0, (0.0, 0.0)
             if quiet_valid is not None and len(quiet_valid):
-                qrows = quiet_valid[f"target_{h}"].notna()
-                qmu = quiet_mean(quiet_valid[qrows], h)
-                self.quiet_dispersion[h] = nb_dispersion_mle(quiet_valid.loc[qrows, f"target_{h}"].to_numpy(float), qmu)
+                qrows = quiet_valid[quiet_valid[f"target_{h}"].notna()]
+                qy = qrows[f"target_{h}"].to_numpy(float)
+                self.quiet_prior[h] = fit_quiet_prior(qrows, qy, h)
+                self.quiet_dispersion[h] = nb_dispersion_mle(qy, self.quiet_mean(qrows, h))
         return self
 
     def is_quiet(self, features: pd.DataFrame) -> np.ndarray:
@@ -258,8 +277,12 @@ class DemandForecaster:
         if (~quiet).any():
             mu[~quiet] = self.booster_mean(features[~quiet], h, num_threads)
         if quiet.any():
-            mu[quiet] = quiet_mean(features[quiet], h)
+            mu[quiet] = self.quiet_mean(features[quiet], h)
         return mu
+
+    def quiet_mean(self, features: pd.DataFrame, h: int) -> np.ndarray:
+        """The quiet model's μ of horizon ``h`` for every feature row, whatever its cell."""
+        return quiet_mean(features, h, self.quiet_prior.get(h, (0.0, 0.0)))
 
     def alphas(self, mean: np.ndarray, h: int, quiet: np.ndarray | None = None) -> np.ndarray:
         """Dispersion per row: the α of the level of its μ, or the quiet model's α where ``quiet``."""
@@ -313,6 +336,7 @@ class DemandForecaster:
             "service_types": self.service_types,
             "quiet_cells": self.quiet_cells,
             "quiet_dispersion": {str(h): a for h, a in self.quiet_dispersion.items()},
+            "quiet_prior": {str(h): list(p) for h, p in self.quiet_prior.items()},
         }
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -335,4 +359,5 @@ class DemandForecaster:
             service_types=[int(s) for s in meta["service_types"]],
             quiet_cells=list(meta.get("quiet_cells", [])),
             quiet_dispersion={int(h): float(a) for h, a in meta.get("quiet_dispersion", {}).items()},
+            quiet_prior={int(h): (float(p[0]), float(p[1])) for h, p in meta.get("quiet_prior", {}).items()},
         )
