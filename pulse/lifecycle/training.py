@@ -276,6 +276,7 @@ def train_candidate(
                 "h3_resolution": settings.city.h3_resolution,
                 "timezone": settings.city.timezone,
                 "active_cells": len(forecaster.cells),
+                "quiet_cells": len(forecaster.quiet_cells),
                 "cells_with_requests": fit.cells_seen,
                 "min_cell_daily_requests": settings.training.min_cell_daily_requests,
                 "baseline": report.baseline_name,
