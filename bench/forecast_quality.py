@@ -5,7 +5,7 @@
 1. The city: ``pulse simulate`` with its defaults (331 cells, 2 service types, 28 days) and ``pulse materialize``
    into ``--home`` (default ``bench/results/tmp/default``), skipped when it is already built.
 2. ``pulse backtest --start <first of the last 7 days> --end <last day> --out .../backtest.parquet``: trains on
-   the 21 days before, forecasts every 15-minute origin of the last 7 days, every active cell and horizon, and
+   the 21 days before, forecasts every 15-minute origin of the last 7 days, every cell (busy and quiet) and horizon, and
    writes the baselines beside it.
 3. The figures of ``pulse evaluate`` (same code) per horizon; the goals are checked at 60 minutes:
    model WAPE within 5% of the true expected demand's, ≥ 20% below seasonal naive, ≥ 8% below the 4-week
