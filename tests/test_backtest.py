@@ -169,9 +169,12 @@ def test_pipeline_backtested_its_candidate(trip_log_city):
     folder = trip_log_city.home / "backtests" / "v1"
     for name in ("backtest.parquet", "backtest.json", "backtest.png", "evaluation.csv", "evaluation.txt"):
         assert (folder / name).exists(), name
-    _check_export(pd.read_parquet(folder / "backtest.parquet"))
+    model = pd.read_parquet(folder / "backtest.parquet")
+    assert set(model["source"]) <= {"model", "quiet_model"}
+    _check_export(model.drop(columns="source"))
     scores = pd.read_csv(folder / "evaluation.csv")
     assert {"model", "truth", "last_value"} <= set(scores["forecaster"])
+    assert "all" in set(scores["cells"])
     info = json.loads((folder / "backtest.json").read_text())
     assert info["equivalent_command"].startswith("pulse backtest --start")
 
