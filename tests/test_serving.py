@@ -184,7 +184,7 @@ def test_forecast_has_supply_surge_and_explanation(client, cells, pristine):
         ({"hex_id": "CELL", "service_type": 1, "horizons": "30,abc"}, 422, "comma-separated"),
         ({"hex_id": "CELL", "service_type": 1, "horizons": ""}, 422, "no horizon"),
         ({"hex_id": "CELL", "service_type": "x"}, 422, ""),
-        ({"hex_id": "OUTSIDE", "service_type": 1}, 404, "not an active cell"),
+        ({"hex_id": "OUTSIDE", "service_type": 1}, 404, "not a cell of this city"),
     ],
 )
 def test_forecast_rejects_bad_input(client, cells, params, status, words):
