@@ -15,7 +15,7 @@ how the model compares with the baselines on a real demand curve (weekly cycle, 
 blizzard). It says nothing about the spatial part of the model (one cell: no neighbours, no active-cell
 choice), and a city-wide total is far smoother than one res-6 cell of a real city.
 
-Backtests (each trains on the 21 days before its start):
+Backtests (each trains on the history before its start, up to PULSE_TRAINING__TRAIN_DAYS = 182 days):
 * ``jan-normal``: 2015-01-05..2015-01-18, two ordinary weeks after the holidays;
 * ``last-week``: 2015-01-25..2015-01-31, the blizzard and its travel ban (a labelled anomaly).
 Results, with the analysis of ``bench.real_logs`` per window, go to ``bench/results/nyc_taxi.json``.

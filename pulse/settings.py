@@ -103,7 +103,12 @@ class CitySettings(BaseModel):
 class TrainingSettings(BaseModel):
     """Training a candidate (README "Forecast quality"): its window, sample, seed, active cells, intervals."""
 
-    train_days: int = Field(default=21, ge=1, description="Trailing window of days used for training.")
+    train_days: int = Field(
+        default=182,
+        ge=1,
+        description="Trailing window of days used for training: all a city has, up to half a year (README "
+        '"The model", "Training window").',
+    )
     holdout_days: int = Field(default=2, ge=1, description="Final stretch of the window held out for metrics.")
     max_training_rows: int = 400_000
     seed: int = 7

@@ -59,7 +59,8 @@ def model_backtest(
         truth = backtest.truth_frame(settings, frames[evaluation.MODEL])
         if truth is not None:
             frames[evaluation.TRUTH] = truth
-        scores = evaluation.score(frames, result.actuals)
+        table = backtest.score_table(frames, result.actuals)  # every cell, then busy and quiet apart
+    scores = table[table["cells"] == "all"].drop(columns=["cells", "cell_count"])
 
     folder = settings.home / "backtests" / f"v{candidate.version}"
     out = folder / "backtest.parquet"
@@ -72,12 +73,14 @@ def model_backtest(
         "end": end.isoformat(),
         "equivalent_command": command,
         "active_cells": len(forecaster.cells),
+        "quiet_cells": len(forecaster.quiet_cells),
         "pit_coverage_p10_p90": {str(h): v for h, v in result.pit_coverage.items()},
+        "pit_coverage_by_cells": {g: {str(h): v for h, v in c.items()} for g, c in result.pit_by_cells.items()},
         "files": {name: p.name for name, p in paths.items()},
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
-    (folder / "evaluation.csv").write_text(scores.to_csv(index=False))
-    (folder / "evaluation.txt").write_text(backtest.format_scores(scores) + "\n")
+    (folder / "evaluation.csv").write_text(table.to_csv(index=False))
+    (folder / "evaluation.txt").write_text(backtest.format_scores(table) + "\n")
     png = backtest.plot_backtest(result.frames, result.actuals, scores)
     (folder / "backtest.png").write_bytes(png)
 
@@ -92,7 +95,7 @@ def model_backtest(
     for h, value in result.pit_coverage.items():
         c.log_metric(candidate.run_id, f"backtest_model_pit_coverage_{h}", value)
 
-    context.log.info("\n" + backtest.format_scores(scores))
+    context.log.info("\n" + backtest.format_scores(table))
     metadata: dict[str, object] = {
         "model_version": candidate.version,
         "window_start": start.isoformat(),
@@ -100,6 +103,7 @@ def model_backtest(
         "equivalent_command": command,
         "rows": int(len(frames[evaluation.MODEL])),
         "active_cells": len(forecaster.cells),
+        "quiet_cells": len(forecaster.quiet_cells),
         "evaluation": dg.MetadataValue.md(_markdown(scores)),
         "plot": dg.MetadataValue.md(f"![backtest](data:image/png;base64,{base64.b64encode(png).decode()})"),
         "files": dg.MetadataValue.path(str(folder)),

@@ -290,7 +290,12 @@ def backtest(
     start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD) or time of the backtest; trains before it.")],
     end: Annotated[str, typer.Option(help="Last day, inclusive (or an exclusive ISO time).")],
     out: Annotated[Path, typer.Option(help="Model forecasts (Parquet); baselines are written beside it.")],
-    train_days: Annotated[int | None, typer.Option(help="Days of training before --start (default 21).")] = None,
+    train_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days of training before --start (default PULSE_TRAINING__TRAIN_DAYS, 182; clipped to the first day)."
+        ),
+    ] = None,
     num_rounds: Annotated[int | None, typer.Option(help="Boosting rounds per horizon (default 300).")] = None,
 ) -> None:
     """Rolling-origin backtest: train on data before --start, forecast every 15-minute origin in the range."""
@@ -309,26 +314,36 @@ def backtest(
             typer.echo(f"backtest refused: {err}", err=True)
             raise typer.Exit(1) from err
         command = " ".join(["pulse backtest", *sys.argv[2:]])
-        paths = bt.write_backtest(run, out, settings, command=command)
         frames = dict(run.forecasts.frames)
         truth = bt.truth_frame(settings, frames[bt.MODEL])
         if truth is not None:
             frames[bt.TRUTH] = truth
-        scores = bt.score(frames, run.forecasts.actuals)
+        table = bt.score_table(frames, run.forecasts.actuals)
+        paths = bt.write_backtest(run, out, settings, command=command, scores=table)
     png = out.with_suffix(".png")
+    scores = table[table["cells"] == "all"].drop(columns=["cells", "cell_count"])
     png.write_bytes(bt.plot_backtest(run.forecasts.frames, run.forecasts.actuals, scores))
     fc = run.fit.forecaster
     typer.echo(
         f"trained on {run.fit.start:%Y-%m-%d %H:%M}..{first:%Y-%m-%d %H:%M} ({len(run.fit.train):,} rows, "
-        f"intervals fitted from {run.fit.calibration_start:%Y-%m-%d %H:%M}); {len(fc.cells)} active cells of "
-        f"{run.fit.cells_seen} ({run.fit.demand_share:.1%} of requests)"
+        f"intervals fitted from {run.fit.calibration_start:%Y-%m-%d %H:%M}); boosters on {len(fc.cells)} busy "
+        f"cells of {run.fit.cells_seen} ({run.fit.demand_share:.1%} of requests), {len(fc.quiet_cells)} quiet "
+        "cells forecast by the quiet model"
     )
     for name, path in paths.items():
         typer.echo(f"wrote {path} ({len(frames[name]):,} rows)")
     typer.echo(f"plot {png}; finished in {time.perf_counter() - t0:.0f}s\n")
-    typer.echo(bt.format_scores(scores))
-    pit = ", ".join(f"{h} min {c:.3f}" for h, c in run.forecasts.pit_coverage.items())
-    typer.echo(f"model randomised-PIT coverage of [0.1, 0.9] (0.8 = calibrated): {pit}")
+    typer.echo(bt.format_scores(table))
+    _echo_pit(run.forecasts.pit_coverage, run.forecasts.pit_by_cells)
+
+
+def _echo_pit(pit: dict, by_cells: dict) -> None:
+    def text(per_h: dict) -> str:
+        return ", ".join(f"{h} min {c:.3f}" for h, c in per_h.items())
+
+    typer.echo(f"model randomised-PIT coverage of [0.1, 0.9] (0.8 = calibrated): {text(pit)}")
+    for group, per_h in by_cells.items():
+        typer.echo(f"  {group} cells: {text(per_h)}")
 
 
 @app.command()
@@ -350,10 +365,9 @@ def evaluate(file: Annotated[Path, typer.Argument(help="Backtest file written by
     typer.echo(bt.format_scores(scores))
     meta = file.with_suffix(".json")
     if meta.exists():
-        pit = json.loads(meta.read_text()).get("pit_coverage_p10_p90", {})
-        if pit:
-            text = ", ".join(f"{h} min {c:.3f}" for h, c in pit.items())
-            typer.echo(f"model randomised-PIT coverage of [0.1, 0.9] (0.8 = calibrated): {text}")
+        info = json.loads(meta.read_text())
+        if info.get("pit_coverage_p10_p90"):
+            _echo_pit(info["pit_coverage_p10_p90"], info.get("pit_coverage_by_cells", {}))
 
 
 model_app = typer.Typer(no_args_is_help=True, help="The model registry: status, rollback, drift review.")

@@ -39,8 +39,10 @@ class Forecast(BaseModel):
         description="Event timestamp of the online feature row used; null for a fallback forecast."
     )
     model_version: str | None = Field(description="Version of pulse-demand-forecast behind alias champion.")
-    source: Literal["model", "climatology"] = Field(
-        description="model: the champion on fresh online features; climatology: the time-of-week fallback."
+    source: Literal["model", "quiet_model", "climatology"] = Field(
+        description="model: the champion's boosters on fresh online features (a busy cell); quiet_model: the "
+        "champion's model for quiet cells, a smoothed time-of-week and time-of-day average with its own fitted "
+        "intervals, on fresh online features; climatology: the time-of-week fallback (degraded)."
     )
     degraded: bool = Field(description="True when this is a fallback forecast; degraded_reason says why.")
     degraded_reason: str | None = Field(description="Why the fallback was used (missing or stale features, ...).")
@@ -60,7 +62,7 @@ class BatchRequest(BaseModel):
 class BatchResponse(BaseModel):
     model_version: str | None = Field(description="Version behind alias champion.")
     forecasts: list[Forecast] = Field(description="One forecast per known item, in request order.")
-    unknown: list[BatchItem] = Field(description="Valid cells that are not active cells of this city.")
+    unknown: list[BatchItem] = Field(description="Valid cells that are not cells of this city.")
 
 
 class HeatmapCell(BaseModel):
@@ -137,7 +139,7 @@ class ModelCard(BaseModel):
     feature_service: str
     horizons: list[int]
     service_types: list[int]
-    cells: int = Field(description="Active cells it forecasts.")
+    cells: int = Field(description="Cells it forecasts, busy and quiet.")
     training_window: TrainingWindow
     backtest: list[BacktestRow]
     baseline: str | None = Field(description="Name of the baseline it was compared with.")

@@ -184,7 +184,7 @@ def entities_of(model: LoadedModel | None, climatology: Climatology) -> list[tup
     """The (cell, service type) pairs served: the model's, or the climatology's without a model."""
     if model is not None:
         f = model.forecaster
-        return [(c, int(s)) for s in f.service_types for c in sorted(f.cells)]
+        return [(c, int(s)) for s in f.service_types for c in f.served_cells]
     return sorted(climatology.means)
 
 

@@ -91,8 +91,25 @@ def _pulse(city, monkeypatch, *args: str) -> str:
 
 
 def test_backtest_command_trains_before_start_and_writes_every_origin(trip_log_city, tmp_path, monkeypatch):
+    """Every cell of the city is backtested: with the threshold set so that only the three busiest cells train
+    the boosters, the others are forecast by the quiet model, and both groups are scored apart."""
+    import duckdb
+
     out = tmp_path / "bt" / "backtest.parquet"
     start, end = datetime(2026, 10, 30), datetime(2026, 11, 1)  # --end is an inclusive day
+    first_day = datetime(2026, 10, 26)  # the city's first day: training starts there
+    with duckdb.connect(str(trip_log_city.home / "warehouse.duckdb"), read_only=True) as con:
+        city = {
+            r[0] for r in con.execute("SELECT hex_id FROM main.dim_cells WHERE active_from < ?", [start]).fetchall()
+        }
+        per_day = con.execute(
+            "SELECT hex_id, sum(requests) / ? FROM main.fct_demand_15min WHERE bucket_start < ? GROUP BY 1 ORDER BY 2",
+            [(start - first_day).days, start],
+        ).fetchall()
+    threshold = (per_day[-3][1] + per_day[-4][1]) / 2  # between the third and the fourth busiest
+    busy = {h for h, n in per_day if n >= threshold}
+    assert len(busy) == 3 and len(city - busy) >= 3
+    monkeypatch.setenv("PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS", str(threshold))
     printed = _pulse(
         trip_log_city,
         monkeypatch,
@@ -109,11 +126,14 @@ def test_backtest_command_trains_before_start_and_writes_every_origin(trip_log_c
     info = json.loads(out.with_suffix(".json").read_text())
     assert datetime.fromisoformat(info["calibration_start"]) < start
     assert (datetime.fromisoformat(info["start"]), datetime.fromisoformat(info["end"])) == (start, end)
-    cells = info["active_cells"]
-    assert cells == 7
+    assert (info["active_cells"], info["quiet_cells"]) == (len(busy), len(city - busy))
+    cells = len(city)
 
     model = pd.read_parquet(out)
-    _check_export(model)
+    assert set(model["hex_id"]) == city  # every cell of dim_cells, busy and quiet
+    assert set(model.loc[model["source"] == "model", "hex_id"]) == busy
+    assert set(model.loc[model["source"] == "quiet_model", "hex_id"]) == city - busy
+    _check_export(model.drop(columns="source"))
     assert (model["p10"] <= model["p50"]).all() and (model["p50"] <= model["p90"]).all() and model["p10"].ge(0).all()
     origins = pd.date_range(start, end - timedelta(minutes=15), freq="15min", tz="UTC")
     for h, part in model.groupby("horizon_min"):
@@ -132,6 +152,15 @@ def test_backtest_command_trains_before_start_and_writes_every_origin(trip_log_c
             assert f"horizon {h} min" in text
         assert "truth" in text and "last_value" in text and "randomised-PIT" in text
         assert "left out: seasonal_naive" in text  # six days of history: no week-old bucket to copy
+        assert f"busy cells (the boosters): {len(busy)} cells" in text
+        assert f"quiet cells (the quiet model): {len(city - busy)} cells" in text
+        assert "  quiet cells: 30 min" in text  # their own PIT coverage
+    scores = pd.DataFrame(info["scores"])
+    assert set(scores["cells"]) == {"all", "busy", "quiet"}
+    model_rows = scores[scores["forecaster"] == "model"].set_index(["cells", "horizon_min"])["rows"]
+    for h in (30, 60, 90):
+        assert model_rows["busy", h] + model_rows["quiet", h] == model_rows["all", h]
+    assert set(info["pit_coverage_by_cells"]) == {"busy", "quiet"}
 
 
 def test_pipeline_backtested_its_candidate(trip_log_city):
@@ -140,9 +169,12 @@ def test_pipeline_backtested_its_candidate(trip_log_city):
     folder = trip_log_city.home / "backtests" / "v1"
     for name in ("backtest.parquet", "backtest.json", "backtest.png", "evaluation.csv", "evaluation.txt"):
         assert (folder / name).exists(), name
-    _check_export(pd.read_parquet(folder / "backtest.parquet"))
+    model = pd.read_parquet(folder / "backtest.parquet")
+    assert set(model["source"]) <= {"model", "quiet_model"}
+    _check_export(model.drop(columns="source"))
     scores = pd.read_csv(folder / "evaluation.csv")
     assert {"model", "truth", "last_value"} <= set(scores["forecaster"])
+    assert "all" in set(scores["cells"])
     info = json.loads((folder / "backtest.json").read_text())
     assert info["equivalent_command"].startswith("pulse backtest --start")
 

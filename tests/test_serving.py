@@ -184,7 +184,7 @@ def test_forecast_has_supply_surge_and_explanation(client, cells, pristine):
         ({"hex_id": "CELL", "service_type": 1, "horizons": "30,abc"}, 422, "comma-separated"),
         ({"hex_id": "CELL", "service_type": 1, "horizons": ""}, 422, "no horizon"),
         ({"hex_id": "CELL", "service_type": "x"}, 422, ""),
-        ({"hex_id": "OUTSIDE", "service_type": 1}, 404, "not an active cell"),
+        ({"hex_id": "OUTSIDE", "service_type": 1}, 404, "not a cell of this city"),
     ],
 )
 def test_forecast_rejects_bad_input(client, cells, params, status, words):
@@ -698,6 +698,45 @@ def register_wider_champion(settings: PulseSettings) -> str:
     registry.client(settings)  # points mlflow at this city's registry
     with mlflow.start_run(experiment_id=registry.experiment_id(settings)) as run:
         return registry.log_forecaster(forecaster, run.info.run_id)
+
+
+def test_quiet_cells_are_served_by_the_quiet_model_and_only_cells_outside_the_city_are_404(home, cells):
+    """A champion whose boosters know some cells and whose quiet model forecasts the others answers every cell
+    of the city with 200, ``source`` saying which model made it; a valid cell outside the city is 404."""
+    import mlflow
+
+    from pulse.lifecycle import registry
+
+    settings = make_settings(home)
+    forecaster = registry.load_alias(settings).forecaster
+    quiet, busy = forecaster.cells[:3], forecaster.cells[3:]
+    forecaster.cells, forecaster.quiet_cells = busy, quiet
+    forecaster.quiet_dispersion = {h: 0.5 for h in forecaster.horizons}
+    registry.client(settings)
+    with mlflow.start_run(experiment_id=registry.experiment_id(settings)) as run:
+        version = registry.log_forecaster(forecaster, run.info.run_id)
+    registry.set_alias(settings, registry.CHAMPION, version)
+    outside = next(c for c in h3.grid_disk(cells[0], 6) if c not in set(cells))
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/v1/model").json()["version"] == version
+        listed = {x["hex_id"] for x in c.get("/v1/cells", params={"service_type": 1}).json()["cells"]}
+        assert set(quiet) | set(busy) == listed
+        for hex_id, source in ((quiet[0], "quiet_model"), (busy[0], "model")):
+            r = c.get("/v1/forecast", params={"hex_id": hex_id, "service_type": 1})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["source"] == source and not body["degraded"], body
+            for f in body["forecasts"]:
+                assert 0 <= f["p10"] <= f["p50"] <= f["p90"]
+        quiet_body = c.get("/v1/forecast", params={"hex_id": quiet[1], "service_type": 2}).json()
+        assert all(f["factors"] == [] and "quiet cell" in f["explanation"] for f in quiet_body["forecasts"])
+        r = c.get("/v1/forecast", params={"hex_id": outside, "service_type": 1})
+        assert r.status_code == 404 and "not a cell of this city" in r.json()["detail"]
+        items = [{"hex_id": quiet[2], "service_type": 1}, {"hex_id": outside, "service_type": 1}]
+        batch = c.post("/v1/forecast/batch", json={"items": items}).json()
+        assert [f["source"] for f in batch["forecasts"]] == ["quiet_model"] and batch["unknown"] == items[1:]
+        heat = c.get("/v1/heatmap", params={"service_type": 1, "horizon": 60}).json()
+        assert {x["hex_id"] for x in heat["cells"]} == listed
 
 
 def test_new_champion_swapped_in_without_restart_then_registry_unreachable(home, cells):

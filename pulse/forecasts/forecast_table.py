@@ -15,6 +15,10 @@ describes). "Now" (the ``reference``) depends on the clock check (``settings.sto
   judged by its own clock; a cell more than ``max_feature_age_minutes`` behind it is stale.
 
 Fallback forecasts are made from the reference's bucket.
+
+Every cell of the city is served: a busy cell by the boosters (source ``model``), a quiet cell by the
+forecaster's quiet model (source ``quiet_model``, a smoothed climatology with its own dispersion), both from
+the cell's fresh online features and neither degraded; ``climatology`` is the fallback above.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from pulse.domain import explain
 from pulse.domain.clock import bucket_floor
 from pulse.domain.surge import surge_multipliers
 from pulse.model.climatology import Climatology
-from pulse.model.forecaster import DemandForecaster, count_quantiles, design_matrix
+from pulse.model.forecaster import QUIET_SOURCE, DemandForecaster, count_quantiles, design_matrix
 from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
-Source = Literal["model", "climatology"]
+Source = Literal["model", "quiet_model", "climatology"]
 ModelForecasts = Callable[[pd.DataFrame, list[int], float], dict[tuple[str, int], "CellForecast"]]
 log = logging.getLogger("pulse.forecast")
+QUIET_EXPLANATION = "quiet cell: smoothed time-of-week and time-of-day average of its recent weeks"
 
 
 @dataclass(frozen=True)
@@ -205,17 +210,21 @@ def model_forecasts(
     """The model's forecast of every row of ``fresh`` (feature rows of cells whose features are current)."""
     origins = [ts.to_pydatetime() for ts in fresh["feature_ts"]]
     supply = fresh["idle_drivers"].to_numpy(float)  # persistence: idle drivers now, expected at every horizon
+    quiet = forecaster.is_quiet(fresh)
+    busy = fresh[~quiet]
 
     def horizon(h: int) -> tuple:
-        booster = forecaster.boosters[h]
-        # The columns the booster was trained on, so a version trained before a feature was added still reads
-        # today's feature rows.
-        x = design_matrix(fresh, h)[booster.feature_name()]
-        mu = booster.predict(x, num_threads=1)
-        alpha = _dispersion(forecaster, mu, h)
+        mu = forecaster.mean(fresh, h, num_threads=1)
+        alpha = forecaster.alphas(mu, h, quiet)
         quantiles = [count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)]
         surge = surge_multipliers(mu, supply, elasticity)
-        factors = explain.explain(booster, x, fresh)
+        # Explanations are the boosters' contributions: busy cells only.
+        factors: list[list[explain.Factor]] = [[] for _ in range(len(fresh))]
+        if len(busy):
+            booster = forecaster.boosters[h]
+            x = design_matrix(busy, h)[booster.feature_name()]
+            for i, f in zip(np.flatnonzero(~quiet), explain.explain(booster, x, busy), strict=True):
+                factors[i] = f
         return (mu, *quantiles, alpha, surge, factors)
 
     # A thread per horizon: LightGBM releases the GIL, and TreeSHAP (explain) is seconds of a core per horizon.
@@ -236,18 +245,12 @@ def model_forecasts(
                 expected_supply=_opt(supply[i]),
                 surge=_opt(surge[i]),
                 factors=tuple(factors[i]),
-                explanation=explain.summary(factors[i]),
+                explanation=QUIET_EXPLANATION if quiet[i] else explain.summary(factors[i]),
             )
         key = (str(hex_id), int(service_type))
-        out[key] = CellForecast(key[0], key[1], origins[i], origins[i], "model", False, None, horizon_rows)
+        source = QUIET_SOURCE if quiet[i] else "model"
+        out[key] = CellForecast(key[0], key[1], origins[i], origins[i], source, False, None, horizon_rows)
     return out
-
-
-def _dispersion(forecaster: DemandForecaster, mu: np.ndarray, h: int) -> np.ndarray:
-    """The negative-binomial α of every row: per level of μ where the forecaster has levels."""
-    if hasattr(forecaster, "alphas"):
-        return np.asarray(forecaster.alphas(mu, h), dtype=float)
-    return np.full(len(mu), forecaster.dispersion[h], dtype=float)
 
 
 def _fallback(

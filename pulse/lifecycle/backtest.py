@@ -2,13 +2,14 @@
 
 A backtest over [start, end) trains on data before ``start`` only (``pulse.lifecycle.training.fit_forecaster``,
 the same code and Feast feature service as the registered candidates), then forecasts at every origin
-T = start, start + 15 min, ..., for every active cell, service type and horizon whose target bucket
-[T + h − 15 min, T + h) ends by ``end`` (``pulse.lifecycle.evaluation.forecast_window``, which a training run's
-holdout uses too). All origins' features come from one point-in-time retrieval.
+T = start, start + 15 min, ..., for every cell of the city (busy and quiet), service type and horizon whose
+target bucket [T + h − 15 min, T + h) ends by ``end`` (``pulse.lifecycle.evaluation.forecast_window``, which a
+training run's holdout uses too). All origins' features come from one point-in-time retrieval.
 
 Files (DESIGN.md export format: hex_id, service_type, origin_ts, horizon_min, target_start, p10, p50, p90):
 
-* ``FILE.parquet``: the model;
+* ``FILE.parquet``: the model, every cell it serves, with a ``source`` column (``model`` for a busy cell,
+  ``quiet_model`` for a quiet one);
 * ``FILE.<baseline>.parquet`` beside it: the same rows for each baseline of ``pulse.model.baselines``;
 * ``FILE.json``: how the run was made (windows, cells, rows, calibration, the command).
 
@@ -32,7 +33,17 @@ import pandas as pd
 from scipy import stats
 
 from pulse.lifecycle import training
-from pulse.lifecycle.evaluation import EXPORT_COLUMNS, KEYS, MODEL, TRUTH, WindowForecasts, forecast_window, score, utc
+from pulse.lifecycle.evaluation import (
+    EXPORT_COLUMNS,
+    KEYS,
+    MODEL,
+    TRUTH,
+    WindowForecasts,
+    forecast_window,
+    score,
+    score_by_cells,
+    utc,
+)
 from pulse.model import baselines
 from pulse.settings import PulseSettings
 
@@ -83,7 +94,8 @@ def write_frames(frames: dict[str, pd.DataFrame], out: Path) -> dict[str, Path]:
         if name == TRUTH:
             continue
         paths[name] = sibling(out, name)
-        frame[EXPORT_COLUMNS].to_parquet(paths[name], index=False)
+        columns = [*EXPORT_COLUMNS, "source"] if "source" in frame else EXPORT_COLUMNS
+        frame[columns].to_parquet(paths[name], index=False)
     return paths
 
 
@@ -99,6 +111,7 @@ def run_info(run: BacktestRun, settings: PulseSettings, command: str = "") -> di
         "train_rows": len(run.fit.train),
         "calibration_rows": len(run.fit.calibration),
         "active_cells": len(fc.cells),
+        "quiet_cells": len(fc.quiet_cells),
         "cells_with_requests": run.fit.cells_seen,
         "active_cell_demand_share": run.fit.demand_share,
         "min_cell_daily_requests": settings.training.min_cell_daily_requests,
@@ -107,14 +120,23 @@ def run_info(run: BacktestRun, settings: PulseSettings, command: str = "") -> di
         "num_rounds": fc.num_rounds,
         "dispersion": {str(h): a for h, a in fc.dispersion.items()},
         "level_dispersion": {str(h): a for h, a in fc.level_dispersion.items()},
+        "quiet_dispersion": {str(h): a for h, a in fc.quiet_dispersion.items()},
         "pit_coverage_p10_p90": {str(h): c for h, c in run.forecasts.pit_coverage.items()},
+        "pit_coverage_by_cells": {
+            group: {str(h): c for h, c in per_h.items()} for group, per_h in run.forecasts.pit_by_cells.items()
+        },
         "seconds": {k: round(v, 1) for k, v in run.seconds.items()},
     }
 
 
-def write_backtest(run: BacktestRun, out: Path, settings: PulseSettings, command: str = "") -> dict[str, Path]:
+def write_backtest(
+    run: BacktestRun, out: Path, settings: PulseSettings, command: str = "", scores: pd.DataFrame | None = None
+) -> dict[str, Path]:
+    """The files of a backtest; ``scores`` (of :func:`score_table`), when given, go into ``FILE.json``."""
     paths = write_frames(run.forecasts.frames, out)
     info = run_info(run, settings, command) | {"files": {name: p.name for name, p in paths.items()}}
+    if scores is not None:
+        info["scores"] = scores.replace({np.nan: None}).to_dict("records")
     Path(out).with_suffix(".json").write_text(json.dumps(info, indent=2))
     return paths
 
@@ -176,17 +198,45 @@ def truth_frame(settings: PulseSettings, frame: pd.DataFrame) -> pd.DataFrame | 
 # Scores ------------------------------------------------------------------------------------------------
 
 
+def score_table(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame) -> pd.DataFrame:
+    """Scores of every cell (``cells`` = all), and of the busy and the quiet cells apart."""
+    scores = score(frames, actuals)
+    groups = score_by_cells(frames, actuals)
+    cells = frames[MODEL]["hex_id"].nunique()
+    out = pd.concat([scores.assign(cells="all", cell_count=cells), groups], ignore_index=True)
+    out.attrs["left_out"] = scores.attrs.get("left_out", {})
+    return out
+
+
 def evaluate(out: Path, con: duckdb.DuckDBPyConnection, settings: PulseSettings) -> pd.DataFrame:
-    """Scores of the backtest file ``out``, its baselines and, on a simulated city, the true expected demand."""
+    """Scores of the backtest file ``out``, its baselines and, on a simulated city, the true expected demand:
+    every cell, then busy and quiet cells apart (column ``cells``)."""
     frames = read_backtest(out)
     truth = truth_frame(settings, frames[MODEL])
     if truth is not None:
         frames[TRUTH] = truth
-    return score(frames, actuals_for(con, frames[MODEL]))
+    return score_table(frames, actuals_for(con, frames[MODEL]))
 
 
 def format_scores(scores: pd.DataFrame) -> str:
-    """A table per horizon, and how the model compares with each other forecaster on WAPE."""
+    """A table per horizon, and how the model compares with each other forecaster on WAPE; with a ``cells``
+    column, one such block for every cell, then for the busy and the quiet cells."""
+    if "cells" not in scores:
+        return _format_block(scores)
+    blocks = []
+    for group in ("all", "busy", "quiet"):
+        part = scores[scores["cells"] == group]
+        if part.empty:
+            continue
+        title = {"all": "every cell", "busy": "busy cells (the boosters)", "quiet": "quiet cells (the quiet model)"}
+        blocks.append(f"== {title[group]}: {int(part['cell_count'].iloc[0])} cells ==")
+        part = part.drop(columns=["cells", "cell_count"])
+        part.attrs = scores.attrs if group == "all" else {}
+        blocks.append(_format_block(part))
+    return "\n".join(blocks)
+
+
+def _format_block(scores: pd.DataFrame) -> str:
     lines = []
     cols = ["rows", "mae", "rmse", "wape", "bias", "coverage_p10_p90", "quantile_loss"]
     heads = ["rows", "MAE", "RMSE", "WAPE", "bias", "p10-p90 cov", "quantile loss"]

@@ -7,6 +7,10 @@ and the ones ``pulse backtest`` reports are the same computation.
 Every forecaster is scored on the same rows: those with an actual where all of them have a forecast. A baseline
 that lacks the history for more than half of the model's rows (seasonal naive or climatology in a city younger
 than a week) is left out rather than shrinking the rows everyone is scored on.
+
+Every cell the model serves is forecast, busy and quiet; the model's export rows carry a ``source`` column
+(``model`` or ``quiet_model``) beside the export format's, and :func:`score_by_cells` scores the busy and the
+quiet cells apart as well as together.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pandas as pd
 from pulse.domain import metrics
 from pulse.lifecycle import rows
 from pulse.model import baselines
-from pulse.model.forecaster import DemandForecaster, randomized_pit
+from pulse.model.forecaster import MODEL_SOURCE, QUIET_SOURCE, DemandForecaster, randomized_pit
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.feature_store import historical_features
 
@@ -30,6 +34,7 @@ EXPORT_COLUMNS = ["hex_id", "service_type", "origin_ts", "horizon_min", "target_
 KEYS = ["hex_id", "service_type", "origin_ts", "horizon_min"]
 MODEL, TRUTH = "model", "truth"
 MIN_COVERAGE = 0.5  # a forecaster with a value for fewer of the model's rows than this is left out
+CELL_GROUPS = {"busy": MODEL_SOURCE, "quiet": QUIET_SOURCE}  # cells column of score_by_cells -> model source
 BUCKET = timedelta(minutes=BUCKET_MINUTES)
 
 
@@ -42,6 +47,7 @@ class WindowForecasts:
     frames: dict[str, pd.DataFrame]
     actuals: pd.DataFrame
     pit_coverage: dict[int, float] = field(default_factory=dict)
+    pit_by_cells: dict[str, dict[int, float]] = field(default_factory=dict)  # busy / quiet -> horizon -> coverage
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -81,10 +87,10 @@ def forecast_window(
     end: datetime,
     baseline_names: tuple[str, ...] = baselines.BASELINES,
 ) -> WindowForecasts:
-    """The model's and the baselines' forecasts at every origin in [start, end), for the model's cells."""
+    """The model's and the baselines' forecasts at every origin in [start, end), for every cell the model serves."""
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    entities = rows.entity_rows(con, settings, backtest_origins(start, end), forecaster.cells)
+    entities = rows.entity_rows(con, settings, backtest_origins(start, end), forecaster.served_cells)
     features = historical_features(settings, entities)
     seconds["features"] = time.perf_counter() - t0
     features = rows.attach_targets(con, features, forecaster.horizons)
@@ -92,23 +98,18 @@ def forecast_window(
     origin = utc(features["event_timestamp"])
     end_utc = pd.Timestamp(end).tz_localize("UTC") if pd.Timestamp(end).tzinfo is None else pd.Timestamp(end)
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (MODEL, *baseline_names)}
-    actual_parts, pit = [], {}
+    actual_parts, pit, pit_by_cells = [], {}, {group: {} for group in CELL_GROUPS}
+    quiet_all = forecaster.is_quiet(features)
     t0 = time.perf_counter()
     for h in forecaster.horizons:
         inside = (origin + pd.Timedelta(minutes=h) <= end_utc).to_numpy()
         # targets beyond the window are not part of it, even when the warehouse already holds them
         features.loc[~inside, f"target_{h}"] = np.nan
-        part = features[inside]
+        part, quiet = features[inside], quiet_all[inside]
         mu = forecaster.mean(part, h)
-        frames[MODEL].append(
-            export_rows(
-                part,
-                h,
-                forecaster.quantiles(mu, h, 0.1),
-                forecaster.quantiles(mu, h, 0.5),
-                forecaster.quantiles(mu, h, 0.9),
-            )
-        )
+        alpha = forecaster.alphas(mu, h, quiet)
+        model_rows = export_rows(part, h, *(forecaster.quantiles(mu, h, q, quiet) for q in (0.1, 0.5, 0.9)))
+        frames[MODEL].append(model_rows.assign(source=np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)))
         for name in baseline_names:
             q = baselines.baseline_quantiles(part, name, h)
             frames[name].append(export_rows(part, h, q["p10"], q["p50"], q["p90"]))
@@ -116,14 +117,19 @@ def forecast_window(
         actual_parts.append(frames[MODEL][-1][KEYS].assign(actual=actual))
         known = np.isfinite(actual)
         if known.any():
-            u = randomized_pit(actual[known], mu[known], forecaster.alphas(mu[known], h), seed=h)
-            pit[h] = float(np.mean((u >= 0.1) & (u <= 0.9)))
+            inside_pit = randomized_pit(actual[known], mu[known], alpha[known], seed=h)
+            inside_pit = (inside_pit >= 0.1) & (inside_pit <= 0.9)
+            pit[h] = float(np.mean(inside_pit))
+            for group, is_group in (("busy", ~quiet[known]), ("quiet", quiet[known])):
+                if is_group.any():
+                    pit_by_cells[group][h] = float(np.mean(inside_pit[is_group]))
     seconds["predict"] = time.perf_counter() - t0
     return WindowForecasts(
         features=features,
         frames={name: pd.concat(parts, ignore_index=True) for name, parts in frames.items()},
         actuals=pd.concat(actual_parts, ignore_index=True),
         pit_coverage=pit,
+        pit_by_cells={group: c for group, c in pit_by_cells.items() if c},
         seconds=seconds,
     )
 
@@ -178,6 +184,23 @@ def score(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame) -> pd.DataFram
     result = pd.DataFrame(out)
     result.attrs["left_out"] = left_out
     return result
+
+
+def score_by_cells(frames: dict[str, pd.DataFrame], actuals: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score` of the busy cells and of the quiet cells apart (column ``cells``), by the ``source`` of the
+    model's rows; empty when the model's rows do not say (a file written before quiet cells were forecast)."""
+    model = frames[MODEL]
+    if "source" not in model:
+        return pd.DataFrame()
+    out = []
+    for group, source in CELL_GROUPS.items():
+        cells = set(model.loc[model["source"] == source, "hex_id"])
+        if not cells:
+            continue
+        part = {name: frame[frame["hex_id"].isin(cells)] for name, frame in frames.items()}
+        scores = score(part, actuals[actuals["hex_id"].isin(cells)])
+        out.append(scores.assign(cells=group, cell_count=len(cells)))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def scores_by_forecaster(scores: pd.DataFrame) -> dict[str, dict[int, dict[str, float]]]:

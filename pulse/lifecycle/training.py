@@ -1,6 +1,6 @@
 """Train a candidate on a trailing window of point-in-time features and register it in MLflow.
 
-The training rows are (active cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
+The training rows are (busy cell, service type, origin) triples (``pulse.lifecycle.rows``). Their features
 come from the Feast feature service only (point-in-time: the newest row with feature_ts ≤ origin); their
 targets are the realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
 
@@ -15,10 +15,13 @@ The window [start, end) is cut in three, in time order:
 Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
 are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
 
-Active cells: a cell is modelled (and served) when it averaged at least ``min_cell_daily_requests``
-requests a day over the window before the holdout. Training rows are then sampled with a probability
-rising with their series' demand level (every row of a busy series, a fraction of the quiet ones) and
-weighted by the inverse of that probability, so quiet rows neither drown the busy ones nor bias the mean.
+Busy and quiet cells: a cell trains the boosters when it averaged at least ``min_cell_daily_requests``
+requests a day over the window before the holdout; every other cell of ``dim_cells`` is forecast by the
+forecaster's quiet model, whose dispersion is fitted on the quiet cells' rows of the calibration stretch. Both
+are served and backtested; drift and the promotion gates judge the busy cells, the boosters' population.
+The boosters' training rows are sampled with a probability rising with their series' demand level (every row of
+a busy series, a fraction of the quieter ones) and weighted by the inverse of that probability, so quieter rows
+neither drown the busy ones nor bias the mean.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class FitResult:
     calibration: pd.DataFrame
     cells_seen: int
     demand_share: float
+    quiet_calibration: pd.DataFrame | None = None  # the quiet cells' rows of the calibration stretch
 
 
 def data_end(con: duckdb.DuckDBPyConnection) -> datetime:
@@ -111,6 +115,14 @@ def active_cells(
     total = float(per_cell["n"].sum())
     share = float(per_cell.loc[keep, "n"].sum()) / total if total else float("nan")
     return sorted(per_cell.loc[keep, "hex_id"]), len(per_cell), share
+
+
+def city_cells(con: duckdb.DuckDBPyConnection, end: datetime) -> list[str]:
+    """Every cell of dim_cells whose facts start before ``end``: the cells a model trained up to ``end`` serves."""
+    rows = con.execute(
+        "SELECT hex_id FROM main.dim_cells WHERE CAST(active_from AS TIMESTAMP) < ? ORDER BY hex_id", [_naive(end)]
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def series_levels(
@@ -163,30 +175,42 @@ def fit_forecaster(
             f"no active cell in {start}..{end}: no cell averaged {settings.training.min_cell_daily_requests} "
             f"requests a day (PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS)"
         )
+    quiet = sorted(set(city_cells(con, end)) - set(cells))
     last_h = timedelta(minutes=max(horizons))
     fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
-    calib_rows = entity_rows(con, settings, origins(calibration_start - BUCKET, end - last_h), cells)
+    calib_origins = origins(calibration_start - BUCKET, end - last_h)
+    calib_rows = entity_rows(con, settings, calib_origins, cells)
+    quiet_rows = entity_rows(con, settings, calib_origins, quiet) if quiet else calib_rows.iloc[:0]
     fit_rows = sample_rows(
         fit_rows,
         series_levels(con, cells, start, calibration_start),
         settings.training.max_training_rows,
         settings.training.seed,
     )
+    seed = settings.training.seed
     if len(calib_rows) > MAX_CALIBRATION_ROWS:
-        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=settings.training.seed)
-    calib_rows = calib_rows.assign(**{WEIGHT_COLUMN: 1.0})
-    # One point-in-time retrieval for both parts: Feast's fixed cost is paid once.
-    frame = historical_features(settings, pd.concat([fit_rows, calib_rows], ignore_index=True))
+        calib_rows = calib_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=seed)
+    if len(quiet_rows) > MAX_CALIBRATION_ROWS:
+        quiet_rows = quiet_rows.sample(n=MAX_CALIBRATION_ROWS, random_state=seed)
+    parts = [
+        fit_rows.assign(_part="fit"),
+        calib_rows.assign(_part="calib", **{WEIGHT_COLUMN: 1.0}),
+        quiet_rows.assign(_part="quiet", **{WEIGHT_COLUMN: 1.0}),
+    ]
+    # One point-in-time retrieval for every part: Feast's fixed cost is paid once.
+    frame = historical_features(settings, pd.concat(parts, ignore_index=True))
     frame = attach_targets(con, frame, horizons)
-    is_calib = frame["event_timestamp"] >= pd.Timestamp(calibration_start).tz_localize("UTC")
-    train, calibration = frame[~is_calib].reset_index(drop=True), frame[is_calib].reset_index(drop=True)
+    part = frame.pop("_part").to_numpy()
+    train, calibration, quiet_calibration = (frame[part == p].reset_index(drop=True) for p in ("fit", "calib", "quiet"))
     if train.empty or calibration.empty:
         raise ValueError(f"window {start}..{end} leaves no training or no calibration rows")
-    forecaster = DemandForecaster(horizons=horizons, cells=cells, service_types=list(settings.city.service_types))
+    forecaster = DemandForecaster(
+        horizons=horizons, cells=cells, service_types=list(settings.city.service_types), quiet_cells=quiet
+    )
     if num_rounds is not None:
         forecaster.num_rounds = num_rounds
-    forecaster.fit(train, calibration, seed=settings.training.seed)
-    return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share)
+    forecaster.fit(train, calibration, seed=seed, quiet_valid=quiet_calibration)
+    return FitResult(forecaster, start, calibration_start, end, train, calibration, seen, share, quiet_calibration)
 
 
 def _reference_frame(fit: FitResult, seed: int) -> pd.DataFrame:
@@ -252,6 +276,7 @@ def train_candidate(
                 "h3_resolution": settings.city.h3_resolution,
                 "timezone": settings.city.timezone,
                 "active_cells": len(forecaster.cells),
+                "quiet_cells": len(forecaster.quiet_cells),
                 "cells_with_requests": fit.cells_seen,
                 "min_cell_daily_requests": settings.training.min_cell_daily_requests,
                 "baseline": report.baseline_name,
@@ -268,8 +293,9 @@ def train_candidate(
                         {f"holdout_{name}_{m}_{h}": v for m, v in per_h.get(h, {}).items() if np.isfinite(v)}
                     )
         mlflow.log_dict({"features": forecaster.feature_names, "source_features": FEATURE_NAMES}, "features.json")
-        # drift reference + samples for quality gates
-        drift.log_reference(_reference_frame(fit, settings.training.seed), holdout, seed=settings.training.seed)
+        # drift reference + samples for quality gates: the busy cells, the population drift watches
+        busy_holdout = holdout[~forecaster.is_quiet(holdout)]
+        drift.log_reference(_reference_frame(fit, settings.training.seed), busy_holdout, seed=settings.training.seed)
         mlflow.set_tags({"feature_service": FEATURE_SERVICE, "city": settings.city.name})
         report.run_id = run.info.run_id
         report.version = registry.log_forecaster(forecaster, run.info.run_id)

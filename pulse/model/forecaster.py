@@ -12,6 +12,15 @@ For counts, an interval [p10, p90] with integer ends covers more than 80% of out
 distribution is exactly right (a cell with μ = 0.3 has p10 = 0 and P(Y = 0) = 0.74). Calibration is
 therefore checked with the randomised PIT (Czado, Gneiting & Held 2009): u = F(y − 1) + V·P(y), V uniform,
 is uniform for a calibrated forecast, so the share of u in [0.1, 0.9] is 0.8 exactly when calibrated.
+
+Quiet cells. The boosters learn from the busy cells only (``cells``); every other cell of the city
+(``quiet_cells``) is forecast by the quiet model, a smoothed climatology read from the same feature row: the
+mean of the target's local time of week over 4 weeks and of its time of day over 7 days, each smoothed over
+the neighbouring buckets, pooled by the number of buckets each averages (12 and 21) and shrunk towards the
+quiet cells' mean demand with a weight fitted by likelihood (a cell without a request in its lookbacks still
+gets a small μ, not an impossible zero). The prior and its own negative-binomial α per horizon are fitted on
+the quiet cells' calibration rows. Keeping it here means serving, backtests and a
+registered version's pyfunc forecast quiet cells with the same code.
 """
 
 from __future__ import annotations
@@ -60,6 +69,10 @@ NUM_ROUNDS = 300
 LEVEL_EDGES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 MIN_LEVEL_ROWS = 300  # a level with fewer calibration rows takes the horizon's overall α
 WEIGHT_COLUMN = "sample_weight"  # optional per-row training weight (inverse sampling probability)
+MODEL_SOURCE, QUIET_SOURCE = "model", "quiet_model"  # which model made a forecast
+# The quiet model's two smoothed lookbacks and how many buckets each averages (its pooling weights).
+QUIET_LOOKBACKS = (("tow_smooth_4w_ahead_", 12.0), ("tod_smooth_7d_ahead_", 21.0))
+QUIET_PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # buckets the prior mean counts as
 
 
 def target_bucket(horizon_min: int) -> int:
@@ -82,6 +95,35 @@ def design_matrix(features: pd.DataFrame, horizon_min: int) -> pd.DataFrame:
         x["target_local_minute_of_day"] = (features["local_minute_of_day"].astype("float64") + horizon_min) % 1440
     x["service_type"] = features["service_type"].astype("float64")
     return x
+
+
+def quiet_mean(features: pd.DataFrame, horizon_min: int, prior: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """The quiet model's μ per feature row: the smoothed time-of-week and time-of-day means of the target
+    bucket, pooled by the buckets each averages, over those present, shrunk towards ``prior`` = (mean, weight in
+    buckets): (Σ nᵢ·meanᵢ + w·m) / (Σ nᵢ + w). Without a prior, 0 where no lookback exists."""
+    k = target_bucket(horizon_min)
+    m, w = prior
+    total, weight = np.full(len(features), w * m), np.full(len(features), w)
+    for prefix, n in QUIET_LOOKBACKS:
+        if f"{prefix}{k}" not in features:
+            continue
+        v = pd.to_numeric(features[f"{prefix}{k}"], errors="coerce").to_numpy(float)
+        ok = np.isfinite(v)
+        total[ok] += n * v[ok]
+        weight[ok] += n
+    return np.divide(total, weight, out=np.zeros(len(features)), where=weight > 0)
+
+
+def fit_quiet_prior(features: pd.DataFrame, actual: np.ndarray, horizon_min: int) -> tuple[float, float]:
+    """The quiet model's prior for one horizon: the mean demand of the quiet rows, and the weight (in buckets)
+    that maximises their Poisson likelihood; a zero forecast where a quiet cell had no request in its lookbacks
+    would make any request impossible, the prior keeps it small instead."""
+    y = np.asarray(actual, float)
+    if len(y) == 0:
+        return 0.0, 0.0
+    m = float(y.mean())
+    best = max(QUIET_PRIOR_WEIGHTS, key=lambda w: nb_loglik(y, quiet_mean(features, horizon_min, (m, w)), 0.0))
+    return m, float(best)
 
 
 def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float) -> float:
@@ -119,6 +161,7 @@ def level_of(mean: np.ndarray) -> np.ndarray:
 
 def fit_level_dispersion(actual: np.ndarray, mean: np.ndarray) -> tuple[float, list[float]]:
     """α overall and per level of μ (levels with too few rows take the overall α)."""
+    actual, mean = np.asarray(actual, float), np.asarray(mean, float)
     overall = nb_dispersion_mle(actual, mean)
     levels = level_of(mean)
     alphas = []
@@ -170,55 +213,98 @@ class DemandForecaster:
     level_dispersion: dict[int, list[float]] = field(default_factory=dict)
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     num_rounds: int = NUM_ROUNDS
-    # The active cells and service types it was trained on: the ones it can forecast.
+    # The busy cells and service types the boosters were trained on ...
     cells: list[str] = field(default_factory=list)
     service_types: list[int] = field(default_factory=list)
+    # ... and the other cells of the city, forecast by the quiet model with its own α per horizon.
+    quiet_cells: list[str] = field(default_factory=list)
+    quiet_dispersion: dict[int, float] = field(default_factory=dict)
+    quiet_prior: dict[int, tuple[float, float]] = field(default_factory=dict)  # horizon -> (mean, weight)
 
     @property
     def feature_names(self) -> list[str]:
         return [*COMMON_FEATURES, *TARGET_FEATURES]
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, seed: int = 7) -> DemandForecaster:
+    @property
+    def served_cells(self) -> list[str]:
+        """Every cell it forecasts: the busy ones and the quiet ones."""
+        return sorted({*self.cells, *self.quiet_cells})
+
+    def fit(
+        self, train: pd.DataFrame, valid: pd.DataFrame, seed: int = 7, quiet_valid: pd.DataFrame | None = None
+    ) -> DemandForecaster:
         """Train each horizon's booster on ``train`` and calibrate its dispersion on ``valid``, which should
-        follow ``train`` in time. Both hold the features plus one ``target_<h>`` column per horizon (NaN =
-        unknown); ``train`` may carry per-row weights in ``sample_weight``."""
+        follow ``train`` in time; fit the quiet model's dispersion on ``quiet_valid`` (quiet cells, same stretch
+        as ``valid``). Each holds the features plus one ``target_<h>`` column per horizon (NaN = unknown);
+        ``train`` may carry per-row weights in ``sample_weight``."""
         for h in self.horizons:
             rows = train[f"target_{h}"].notna()
             weight = train.loc[rows, WEIGHT_COLUMN].to_numpy(float) if WEIGHT_COLUMN in train else None
             data = lgb.Dataset(design_matrix(train[rows], h), label=train.loc[rows, f"target_{h}"], weight=weight)
             self.boosters[h] = lgb.train({**self.params, "seed": seed}, data, num_boost_round=self.num_rounds)
             vrows = valid[f"target_{h}"].notna()
-            mu = self.mean(valid[vrows], h)
+            mu = self.booster_mean(valid[vrows], h)
             actual = valid.loc[vrows, f"target_{h}"].to_numpy(float)
             self.dispersion[h], self.level_dispersion[h] = fit_level_dispersion(actual, mu)
+            self.quiet_dispersion[h], self.quiet_prior[h] = 0.0, (0.0, 0.0)
+            if quiet_valid is not None and len(quiet_valid):
+                qrows = quiet_valid[quiet_valid[f"target_{h}"].notna()]
+                qy = qrows[f"target_{h}"].to_numpy(float)
+                self.quiet_prior[h] = fit_quiet_prior(qrows, qy, h)
+                self.quiet_dispersion[h] = nb_dispersion_mle(qy, self.quiet_mean(qrows, h))
         return self
 
-    def mean(self, features: pd.DataFrame, h: int) -> np.ndarray:
-        """μ of horizon ``h`` for every feature row."""
+    def is_quiet(self, features: pd.DataFrame) -> np.ndarray:
+        """Per feature row: True where its cell is forecast by the quiet model."""
+        if not self.quiet_cells:
+            return np.zeros(len(features), bool)
+        return features["hex_id"].isin(self.quiet_cells).to_numpy()
+
+    def booster_mean(self, features: pd.DataFrame, h: int, num_threads: int | None = None) -> np.ndarray:
+        """The booster's μ of horizon ``h`` for every feature row, whatever its cell."""
         if h not in self.boosters:
             raise ValueError(f"no model for horizon {h} (have {sorted(self.boosters)})")
         booster = self.boosters[h]
         # Read the columns the booster was trained on, so a version trained before a feature was added
         # still predicts from today's feature rows.
-        return booster.predict(design_matrix(features, h)[booster.feature_name()])
+        x = design_matrix(features, h)[booster.feature_name()]
+        return booster.predict(x) if num_threads is None else booster.predict(x, num_threads=num_threads)
 
-    def alphas(self, mean: np.ndarray, h: int) -> np.ndarray:
-        """Dispersion per row: the α of the level of its μ."""
+    def mean(self, features: pd.DataFrame, h: int, num_threads: int | None = None) -> np.ndarray:
+        """μ of horizon ``h`` for every feature row: the booster's for busy cells, the quiet model's for quiet ones."""
+        quiet = self.is_quiet(features)
+        mu = np.empty(len(features))
+        if (~quiet).any():
+            mu[~quiet] = self.booster_mean(features[~quiet], h, num_threads)
+        if quiet.any():
+            mu[quiet] = self.quiet_mean(features[quiet], h)
+        return mu
+
+    def quiet_mean(self, features: pd.DataFrame, h: int) -> np.ndarray:
+        """The quiet model's μ of horizon ``h`` for every feature row, whatever its cell."""
+        return quiet_mean(features, h, self.quiet_prior.get(h, (0.0, 0.0)))
+
+    def alphas(self, mean: np.ndarray, h: int, quiet: np.ndarray | None = None) -> np.ndarray:
+        """Dispersion per row: the α of the level of its μ, or the quiet model's α where ``quiet``."""
         levels = self.level_dispersion.get(h)
-        if not levels:
-            return np.full(len(mean), self.dispersion[h])
-        return np.asarray(levels)[level_of(mean)]
+        out = np.full(len(mean), self.dispersion[h]) if not levels else np.asarray(levels)[level_of(mean)]
+        if quiet is not None and np.any(quiet):
+            out = np.where(quiet, self.quiet_dispersion.get(h, 0.0), out)
+        return out
 
-    def quantiles(self, mean: np.ndarray, h: int, q: float) -> np.ndarray:
+    def quantiles(self, mean: np.ndarray, h: int, q: float, quiet: np.ndarray | None = None) -> np.ndarray:
         """q-quantile of the calibrated predictive distribution around ``mean`` for horizon ``h``."""
-        return count_quantiles(mean, self.alphas(mean, h), q)
+        return count_quantiles(mean, self.alphas(mean, h, quiet), q)
 
     def predict(self, features: pd.DataFrame, horizons: list[int] | None = None) -> pd.DataFrame:
-        """One row per input row and horizon: row (index into ``features``), horizon_min, mean, p10, p50, p90."""
+        """One row per input row and horizon: row (index into ``features``), horizon_min, mean, p10, p50, p90,
+        source (``model`` for a busy cell, ``quiet_model`` for a quiet one)."""
         out = []
+        quiet = self.is_quiet(features)
+        source = np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)
         for h in horizons or self.horizons:
             mu = self.mean(features, h)
-            a = self.alphas(mu, h)
+            a = self.alphas(mu, h, quiet)
             out.append(
                 pd.DataFrame(
                     {
@@ -228,6 +314,7 @@ class DemandForecaster:
                         "p10": count_quantiles(mu, a, 0.1),
                         "p50": count_quantiles(mu, a, 0.5),
                         "p90": count_quantiles(mu, a, 0.9),
+                        "source": source,
                     }
                 )
             )
@@ -247,6 +334,9 @@ class DemandForecaster:
             "feature_names": self.feature_names,
             "cells": self.cells,
             "service_types": self.service_types,
+            "quiet_cells": self.quiet_cells,
+            "quiet_dispersion": {str(h): a for h, a in self.quiet_dispersion.items()},
+            "quiet_prior": {str(h): list(p) for h, p in self.quiet_prior.items()},
         }
         (path / "forecaster.json").write_text(json.dumps(meta, indent=2))
         return path
@@ -267,4 +357,7 @@ class DemandForecaster:
             num_rounds=meta["num_rounds"],
             cells=list(meta["cells"]),
             service_types=[int(s) for s in meta["service_types"]],
+            quiet_cells=list(meta.get("quiet_cells", [])),
+            quiet_dispersion={int(h): float(a) for h, a in meta.get("quiet_dispersion", {}).items()},
+            quiet_prior={int(h): (float(p[0]), float(p[1])) for h, p in meta.get("quiet_prior", {}).items()},
         )

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["cells"], dependencies=[API_KEY])
 
 @router.get("/cells", response_model=CellList, responses=ERRORS)
 async def list_cells(request: Request, service_type: Annotated[int, Query(description="Ride product.")]) -> Response:
-    """Active cells of the city (the champion's), centre and boundary of each."""
+    """Every cell the champion forecasts, busy and quiet, with the centre and boundary of each."""
     view, settings = view_of(request), settings_of(request)
     if service_type not in view.table.service_types:
         raise HTTPException(422, detail=f"unknown service type {service_type}; known: {view.table.service_types}")

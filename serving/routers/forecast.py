@@ -55,7 +55,7 @@ async def get_forecast(
         raise HTTPException(422, detail=str(err)) from None
     body = view.forecast_json(hex_id, service_type, wanted)
     if body is None:
-        raise HTTPException(404, detail=f"cell {hex_id} is not an active cell of this city (see /v1/cells)")
+        raise HTTPException(404, detail=f"cell {hex_id} is not a cell of this city (see /v1/cells)")
     view.remember_answer(request.scope["query_string"], (hex_id, service_type, wanted), body)
     return Response(body, media_type=JSON)
 
@@ -80,7 +80,7 @@ async def limit_batch_size(request: Request) -> None:
 )
 async def post_batch(request: Request, batch: BatchRequest) -> Response:
     """Forecasts of many cells in one call (at most `batch_limit`, 5,000 by default), same fields as
-    `/v1/forecast`. Valid cells that are not active cells of the city come back under `unknown`."""
+    `/v1/forecast`. Valid cells that are not cells of the city come back under `unknown`."""
     view, settings = view_of(request), settings_of(request)
     if len(batch.items) > settings.serving.batch_limit:
         raise HTTPException(

@@ -1,4 +1,4 @@
-"""/v1/heatmap: every active cell of the city with its forecast and surge at one horizon, for maps."""
+"""/v1/heatmap: every cell of the city (busy and quiet) with its forecast and surge at one horizon, for maps."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ async def get_heatmap(
     service_type: Annotated[int, Query(description="Ride product, e.g. 1 or 2.")],
     horizon: Annotated[int, Query(description="Minutes ahead: one of the model's horizons.")] = 30,
 ) -> Response:
-    """p10/p50/p90, expected supply and surge of every active cell at one horizon."""
+    """p10/p50/p90, expected supply and surge of every cell of the city at one horizon."""
     view = view_of(request)
     if service_type not in view.table.service_types:
         raise HTTPException(422, detail=f"unknown service type {service_type}; known: {view.table.service_types}")

@@ -47,7 +47,7 @@ async def get_model(state: StateDep) -> ModelCard:
         feature_service=p.get("feature_service") or info.tags.get("feature_service") or FEATURE_SERVICE,
         horizons=list(f.horizons),
         service_types=list(f.service_types),
-        cells=len(f.cells),
+        cells=len(f.served_cells),
         training_window=TrainingWindow(
             start=p.get("window_start"),
             end=p.get("window_end"),

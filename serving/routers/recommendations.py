@@ -38,7 +38,7 @@ async def get_recommendations(
         raise HTTPException(422, detail=f"unknown service type {service_type}; known: {view.table.service_types}")
     origin = view.table.get(hex_id, service_type)
     if origin is None:
-        raise HTTPException(404, detail=f"cell {hex_id} is not an active cell of this city (see /v1/cells)")
+        raise HTTPException(404, detail=f"cell {hex_id} is not a cell of this city (see /v1/cells)")
     plan = plan_moves(
         origin,
         drivers,
