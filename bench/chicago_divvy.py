@@ -6,8 +6,8 @@
 ``data/chicago_divvy_2021/pickups.csv.gz`` (146,456 pickups, local time America/Chicago; see its SOURCE.md) goes
 through ``pulse import-trips … --service-type 1 --timezone America/Chicago --h3-res 6 --city chicago``, then
 ``pulse materialize`` (ingest → dbt → Feast → training → promotion), then ``pulse backtest`` on the last two weeks
-(2021-02-15..28, trained on the 21 days before by default) and ``pulse evaluate``. The city is built once under
-``--home`` (default ``bench/results/tmp/chicago_divvy``) and reused; results go to
+(2021-02-15..28, trained on the days before: the default training window) and ``pulse evaluate``. The city is
+built once under ``--home`` (default ``bench/results/tmp/chicago_divvy``) and reused; results go to
 ``bench/results/chicago_divvy.json``.
 
 Two quality gates are relaxed (``GATE_ENV``), both because the log is real and shock-heavy: the day-volume gate

@@ -252,8 +252,8 @@ def simulated(args) -> tuple[dict, list[str], bool]:
     settings = PulseSettings(home=home)
     with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
         con.execute("SET TimeZone = 'UTC'")
-        table = backtest.evaluate(out, con, settings)
-    scores = table[table["cells"] == "all"].drop(columns=["cells", "cell_count"])
+        evaluated = backtest.evaluate(out, con, settings)
+    scores = evaluated[evaluated["cells"] == "all"].drop(columns=["cells", "cell_count"])
     info = json.loads(out.with_suffix(".json").read_text())
     analysis = analyse(home, out)
     goals, ok = goal_lines(scores)
