@@ -27,11 +27,11 @@ $(DBT_MANIFEST): $(VENV) $(DBT_SOURCES)
 
 install: $(VENV) $(DBT_MANIFEST)
 
-# Debian packages the tests and the production profile need: Redis, PostgreSQL's server binaries (make services and
-# tests/test_production.py run them under PULSE_HOME). CI runs as root; apt-get update runs only when one is missing.
-SYSTEM_PACKAGES := redis-server postgresql
+# Debian packages the tests and the production profile need: Redis, PostgreSQL's server binaries, NATS (make services
+# and the integration tests run them under PULSE_HOME or a test's folder). CI runs as root; apt-get update runs only when one is missing.
+SYSTEM_PACKAGES := redis-server postgresql nats-server
 system-deps:
-	@{ command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || \
+	@{ command -v redis-server >/dev/null && command -v nats-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 # Headless Chromium and its driver for the live map test (tests/test_map.py); Debian's packages, nothing fetched
@@ -40,7 +40,7 @@ browser:
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-# Redis, PostgreSQL and an MLflow tracking server on loopback under $(PULSE_HOME)/services.
+# Redis, PostgreSQL, an MLflow tracking server and NATS JetStream on loopback under $(PULSE_HOME)/services.
 services: install system-deps
 	$(UV) run --frozen python -m ops.services start
 

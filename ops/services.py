@@ -1,8 +1,10 @@
-"""Redis, PostgreSQL and an MLflow tracking server on loopback, each under one folder, for the production profile.
+"""Redis, PostgreSQL, an MLflow tracking server and NATS with JetStream on loopback, each under one folder, for
+the production profile.
 
 `make services` starts them under PULSE_HOME/services on their default ports and `make services-stop` stops
 them; the integration tests start their own instances on free ports. Redis comes from Debian's redis-server,
-PostgreSQL from the machine's binaries (initdb, pg_ctl, postgres), MLflow from the project's environment.
+PostgreSQL from the machine's binaries (initdb, pg_ctl, postgres), MLflow from the project's environment, NATS
+from Debian's nats-server (JetStream on, its streams stored in its folder, so a restarted server keeps them).
 
 Redis keeps an append-only file in its folder (fsync every second, no RDB snapshots): a Redis killed and started
 again on the same folder (`restart_redis`) serves the keys Feast materialised before, as a production online
@@ -119,6 +121,37 @@ def restart_redis(service: Service) -> Service:
     return service
 
 
+def start_nats(folder: Path, port: int) -> Service:
+    """nats-server with JetStream on loopback; streams and consumers persist in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(folder / "jetstream"),
+         "-l", str(folder / "nats.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    _wait(lambda: _nats_ping(port), f"nats on :{port}")
+    return Service("nats", port, proc, folder)
+
+
+def restart_nats(service: Service) -> Service:
+    """Start NATS again on the same port and folder (JetStream reloads its streams) after it stopped or was
+    killed; ``service`` then holds the new process."""
+    assert service.folder is not None, "not a NATS started by start_nats"
+    if service.proc and service.proc.poll() is None:
+        raise RuntimeError(f"nats on :{service.port} is still running (pid {service.proc.pid})")
+    service.proc = start_nats(service.folder, service.port).proc
+    return service
+
+
+def _nats_ping(port: int) -> bool:
+    # The server greets with INFO; PING must be answered with PONG once it serves clients.
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        if not s.recv(4096).startswith(b"INFO"):
+            return False
+        s.sendall(b"CONNECT {}\r\nPING\r\n")
+        return b"PONG" in s.recv(64)
+
+
 def start_postgres(folder: Path, port: int) -> Service:
     """initdb on first use (trust auth on loopback only), then run postgres in the foreground of a child."""
     data = folder / "data"
@@ -170,19 +203,21 @@ def _pids_file(home: Path) -> Path:
 
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("PULSE_HOME", ".pulse")).resolve()
-    ports = {"redis": 6379, "postgres": 5432, "mlflow": 5000}
+    ports = {"redis": 6379, "postgres": 5432, "mlflow": 5000, "nats": 4222}
     if argv[:1] == ["start"]:
         redis = start_redis(home / "services" / "redis", ports["redis"])
         pg = start_postgres(home / "services" / "postgres", ports["postgres"])
         ml = start_mlflow(home / "services" / "mlflow", ports["mlflow"], ports["postgres"])
-        pids = {s.name: s.proc.pid for s in (redis, pg, ml)}
+        nats = start_nats(home / "services" / "nats", ports["nats"])
+        pids = {s.name: s.proc.pid for s in (redis, pg, ml, nats)}
         _pids_file(home).write_text(json.dumps(pids))
         print(
             "services up. For the production profile:\n"
             f"  export PULSE_PROFILE=production PULSE_SERVERS__REDIS_URL=127.0.0.1:{ports['redis']}\n"
             f"  export PULSE_SERVERS__MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}\n"
             f"  export PULSE_PG_HOST=127.0.0.1 PULSE_PG_PORT={ports['postgres']} PULSE_PG_USER={PG_USER} "
-            "PULSE_PG_PASSWORD= PULSE_PG_DAGSTER_DB=dagster"
+            "PULSE_PG_PASSWORD= PULSE_PG_DAGSTER_DB=dagster\n"
+            f"  NATS JetStream at nats://127.0.0.1:{ports['nats']} (pulse live --bus nats://127.0.0.1:{ports['nats']})"
         )
         return 0
     if argv[:1] == ["stop"]:

@@ -23,6 +23,17 @@ def tiny_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.fixture
+def nats_server(tmp_path):
+    """A nats-server with JetStream on a free port, its own folder; stopped after the test (``restart_nats``
+    starts it again on the same port and folder)."""
+    from ops import services
+
+    server = services.start_nats(tmp_path / "nats", services.free_port())
+    yield server
+    server.stop()
+
+
 TINY_DAYS = 5
 
 
