@@ -23,6 +23,7 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
                 feature_refresh_seconds, store_grace_seconds, model_poll_seconds, registry_timeout_seconds,
                 batch_limit, forecast_fast_path
 ``live``        enabled, settle_seconds, latency_budget_seconds, micro_batch_seconds
+``alerts``      webhook_url (a secret; unset = no alerts), ui_url, repeat_minutes, timeout_seconds
 ==============  ========================================================================================
 
 The Dagster resource (``pulse_assets.resources.PulseResource``) exposes ``quality``, ``drift``, ``promotion``
@@ -196,6 +197,24 @@ class LiveSettings(BaseModel):
     micro_batch_seconds: float = Field(default=60.0, gt=0, description="City seconds per simulated micro-batch.")
 
 
+class AlertSettings(BaseModel):
+    """Alerts to people (README "Alerts", ``pulse_assets/alerts.py``): a Slack-compatible webhook, links into the
+    Dagster UI, and the window within which repeats of one condition are grouped. The webhook URL carries its
+    token: a secret, never logged or shown; unset, no alert is sent (the alert sensors skip with the reason)."""
+
+    webhook_url: SecretStr | None = Field(default=None, description="Slack-compatible incoming webhook; unset = off.")
+    ui_url: str = Field(default="http://127.0.0.1:3000", description="Base of the Dagster UI links in alerts.")
+    repeat_minutes: float = Field(
+        default=60.0, gt=0, description="Repeats of a condition within this window are sent as one grouped message."
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, description="HTTP timeout of one webhook POST.")
+
+    @field_validator("ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
 # Each group's model, and the flat name each of its fields had before the grouping (for the error on old names).
 GROUPS: dict[str, type[BaseModel]] = {
     "city": CitySettings,
@@ -206,9 +225,10 @@ GROUPS: dict[str, type[BaseModel]] = {
     "servers": ServerSettings,
     "serving": ServingSettings,
     "live": LiveSettings,
+    "alerts": AlertSettings,
 }
 _OLD_NAMES = {("city", "name"): "city", ("promotion", "wape_tolerance"): "promotion_wape_tolerance"}
-_GROUPED_SINCE_START = {"live"}  # groups that never had flat names
+_GROUPED_SINCE_START = {"live", "alerts"}  # groups that never had flat names
 
 
 def env_name(group: str, field: str) -> str:
@@ -255,6 +275,7 @@ class PulseSettings(BaseSettings):
     servers: ServerSettings = Field(default_factory=ServerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @field_validator("home")
     @classmethod
@@ -346,6 +367,8 @@ class PulseSettings(BaseSettings):
         keys = [k.strip() for k in self.serving.api_keys.get_secret_value().split(",") if k.strip()]
         for key in keys:
             text = text.replace(key, MASK)
+        if self.alerts.webhook_url is not None and (url := self.alerts.webhook_url.get_secret_value()):
+            text = text.replace(url, MASK)
         servers = self.servers
         for address in (servers.clickhouse_dsn, servers.mlflow_tracking_uri, servers.redis_url):
             for password in (p for pair in _PASSWORD.findall(_revealed(address)) for p in pair if p):

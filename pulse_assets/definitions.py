@@ -3,6 +3,7 @@
 import dagster as dg
 
 from pulse.settings import PulseSettings
+from pulse_assets.alerts import alert_sensors
 from pulse_assets.backtest import model_backtest
 from pulse_assets.drift import monitoring_assets
 from pulse_assets.fact_store import clickhouse_facts
@@ -41,7 +42,7 @@ defs = dg.Definitions(
     ],
     asset_checks=[*asset_checks, *promotion_checks, bucket_rows_check],
     jobs=[daily_pipeline, *automation_jobs],
-    sensors=sensors,
+    sensors=[*sensors, *alert_sensors],
     resources=resources_for(PulseSettings()),
     # One process runs a run's steps in order: the DuckDB warehouse takes one writer at a time, and
     # per-step subprocesses would pay the Feast/dbt/LightGBM import cost again for every step.

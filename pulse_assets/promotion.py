@@ -125,6 +125,8 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
         "holdout_start": candidate.holdout_start.isoformat(),
         "window_end": candidate.window_end.isoformat(),
         "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
+        # The verdict of all the gates together, as the MLflow version records it: the alerts read it.
+        "promotion_decision": promotion.GATES_PASSED if decision.promoted else "refused",
     }
     for gate, (check_name, _) in GATES.items():
         g = by_name.get(gate) or by_name["already_champion"]  # a rerun on the champion itself passes every gate
