@@ -140,7 +140,7 @@ def run_failure_alert(context: dg.RunFailureSensorContext, ui: str) -> alerts.Al
     if errors:
         step, err = errors[0]
         more = f" (and {len(errors) - 1} more step(s))" if len(errors) > 1 else ""
-        reason = f"step {step} failed{more}: {_first_line(err.message if err else None) or 'no error recorded'}"
+        reason = f"step {step} failed{more}: {_first_line(_root(err).message if err else None) or 'no error'}"
     else:
         reason = _first_line(context.failure_event.message) or "the run failed"
     return alerts.Alert(
@@ -153,6 +153,13 @@ def run_failure_alert(context: dg.RunFailureSensorContext, ui: str) -> alerts.Al
         at=time.time(),
         occurrence=run.run_id,
     )
+
+
+def _root(err):
+    """The innermost cause of a step's error: the user's exception rather than Dagster's wrapper around it."""
+    while err.cause is not None:
+        err = err.cause
+    return err
 
 
 @dg.run_failure_sensor(

@@ -116,6 +116,12 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
     decision = promotion.judge(settings, candidate.version, evidence, unresolved)
     promotion.record(settings, decision)
     context.log.info(f"v{decision.version} {'passes' if decision.promoted else 'refused'}: {decision.reasons}")
+    yield from gate_results(candidate, decision, new_days)
+
+
+def gate_results(candidate: Candidate, decision, new_days) -> list[dg.AssetCheckResult]:
+    """One result per gate check: passed or not, its reasons and figures, and what every gate shares (the
+    versions compared, the window, and ``promotion_decision``, the verdict of all the gates together)."""
     by_name = {g.name: g for g in decision.gates}
     figures = {k: round(v, 4) for k, v in decision.figures.items() if np.isfinite(v)}
     common = {
@@ -125,19 +131,23 @@ def promotion_gates(context: dg.AssetCheckExecutionContext, pulse: PulseResource
         "holdout_start": candidate.holdout_start.isoformat(),
         "window_end": candidate.window_end.isoformat(),
         "new_days": dg.MetadataValue.json([d.isoformat() for d in new_days]),
-        # The verdict of all the gates together, as the MLflow version records it: the alerts read it.
+        # As the MLflow version records it ("refused" or "gates passed"); the alerts read it.
         "promotion_decision": promotion.GATES_PASSED if decision.promoted else "refused",
     }
+    results = []
     for gate, (check_name, _) in GATES.items():
         g = by_name.get(gate) or by_name["already_champion"]  # a rerun on the champion itself passes every gate
         own = {k: v for k, v in figures.items() if _figure_of(k) == gate}
-        yield dg.AssetCheckResult(
-            check_name=check_name,
-            passed=g.passed,
-            description="; ".join(g.reasons)[:1000],
-            metadata={**common, "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in g.reasons))}
-            | ({"figures": dg.MetadataValue.json(own)} if own else {}),
+        results.append(
+            dg.AssetCheckResult(
+                check_name=check_name,
+                passed=g.passed,
+                description="; ".join(g.reasons)[:1000],
+                metadata={**common, "reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in g.reasons))}
+                | ({"figures": dg.MetadataValue.json(own)} if own else {}),
+            )
         )
+    return results
 
 
 def _figure_of(name: str) -> str:
