@@ -21,7 +21,7 @@ Decisions:
   hook sends nothing more for it. The promotion gates are blocking checks too: their failure is one "promotion
   refused" alert per candidate, not one per gate. A bucket update whose checks failed is one "live update
   failed" alert (its error names the failing expectations), not also a check alert.
-* **Grouping** (`pulse/alerts.py`): the first occurrence of a condition is sent at once; repeats within
+* **Grouping** (`pulse/lifecycle/alerts.py`): the first occurrence of a condition is sent at once; repeats within
   `PULSE_ALERTS__REPEAT_MINUTES` (60) are counted and sent as one message when the condition clears or the window
   ends. The groups, the outbox and the event cursors are one JSON document in the Dagster instance's key-value
   storage (`pulse/alerts`, in its run storage: SQLite or PostgreSQL), written once per evaluation: a restart of
@@ -35,11 +35,11 @@ Decisions:
   the cursors to the newest events): history is never replayed.
 * **Off when unset.** Without `PULSE_ALERTS__WEBHOOK_URL` both sensors stay defined and running, and do nothing:
   `pulse_alerts` skips with that reason, the run failure hook returns without a message.
-* **A failing webhook** (`pulse/alerts.py`): every message is queued in the persisted outbox before it is posted;
-  a POST is retried three times with backoff (connection errors, timeouts, 408, 429, 5xx), and what could not be
-  delivered stays queued for the next evaluation, logged as an error and named in the skip reason; the sensor's
-  evaluation itself succeeds (no failed tick every 30 s while the receiver is down). A 4xx refusal drops that
-  message with an error in the log.
+* **A failing webhook** (`pulse/lifecycle/alerts.py`): every message is queued in the persisted outbox before it
+  is posted; a POST is retried three times with backoff (connection errors, timeouts, 408, 429, 5xx), and what
+  could not be delivered stays queued for the next evaluation of either sensor, logged as an error and named in
+  the skip reason; the evaluation itself succeeds (no failed tick every 30 s while the receiver is down). A 4xx
+  refusal drops that message with an error in the log.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter  # not exported by dagster: the filter of check records
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from pulse import alerts
+from pulse.lifecycle import alerts
 from pulse.settings import PulseSettings
 from pulse_assets.drift import input_drift, model_drift
 from pulse_assets.live import BUCKET_CHECK, LIVE_BUCKETS

@@ -1,4 +1,4 @@
-"""Alerts to people (pulse_assets/alerts.py, pulse/alerts.py) against a local HTTP receiver and a real Dagster
+"""Alerts to people (pulse_assets/alerts.py, pulse/lifecycle/alerts.py) against a local HTTP receiver and a real Dagster
 instance (SQLite under the test's folder, like the local profile): runs executed in process, check evaluations
 from real runs, and the drift, promotion and live events built by the code that writes them in the pipeline
 (`_summary_metadata`, `gate_results`, `BucketUpdater._finish`), reported to the instance as runless events."""
@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from pulse import alerts
+from pulse.lifecycle import alerts
 from pulse_assets import alerts as alert_sensors
 from pulse_assets.live import BUCKET_CHECK, LIVE_BUCKETS
 from pulse_assets.promotion import CANDIDATE, GATES
