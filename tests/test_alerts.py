@@ -85,6 +85,19 @@ def toy_after() -> None:
     return None
 
 
+DAYS = dg.DailyPartitionsDefinition(start_date="2026-10-26")
+
+
+@dg.asset(key=["toy", "daily"], partitions_def=DAYS)
+def toy_daily() -> dg.MaterializeResult:
+    return dg.MaterializeResult()
+
+
+@dg.asset_check(asset=toy_daily, name="plausible_total", blocking=True, partitions_def=DAYS)
+def toy_daily_check() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, description="requests 9.5× the reference days")
+
+
 @dg.op
 def boom() -> None:
     raise RuntimeError("the warehouse is locked by another writer")
@@ -113,9 +126,13 @@ def city(tmp_path, receiver, monkeypatch):
     home = tmp_path / "home"
     (home / "dagster").mkdir(parents=True)
     defs = dg.Definitions(
-        assets=[toy_day, toy_after, dg.AssetSpec(CANDIDATE), dg.AssetSpec(LIVE_BUCKETS)],
-        asset_checks=[toy_rows, toy_gates, toy_bucket_rows],
-        jobs=[dg.define_asset_job("toy_job", selection=[toy_day, toy_after]), toy_fails],
+        assets=[toy_day, toy_after, toy_daily, dg.AssetSpec(CANDIDATE), dg.AssetSpec(LIVE_BUCKETS)],
+        asset_checks=[toy_rows, toy_daily_check, toy_gates, toy_bucket_rows],
+        jobs=[
+            dg.define_asset_job("toy_job", selection=[toy_day, toy_after]),
+            dg.define_asset_job("toy_daily_job", selection=[toy_daily], partitions_def=DAYS),
+            toy_fails,
+        ],
         sensors=alert_sensors.alert_sensors,
         resources={"pulse": PulseResource(home=str(home))},
     )
@@ -142,8 +159,8 @@ class City:
     def tick_all(self):
         return [self.tick("alert_on_run_failure"), self.tick("pulse_alerts")]
 
-    def run(self, job: str):
-        return self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, raise_on_error=False)
+    def run(self, job: str, **kwargs):
+        return self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, raise_on_error=False, **kwargs)
 
     def report(self, event) -> None:
         self.instance.report_runless_asset_event(event)
@@ -198,6 +215,15 @@ def test_a_failing_blocking_check_sends_one_alert_grouped_when_it_repeats(city, 
     assert "Blocking check failed: 2 more since" in summary and "cleared at" in summary
     city.tick_all()
     assert len(receiver.messages) == 2
+
+
+def test_a_failing_day_check_names_its_day(city, receiver):
+    city.tick_all()
+    assert not city.run("toy_daily_job", partition_key=DAY.isoformat()).success
+    city.tick_all()
+    assert len(receiver.messages) == 1, receiver.texts()
+    text = receiver.messages[0]["text"]
+    assert f"toy/daily:plausible_total, day {DAY}" in text and "requests 9.5× the reference days" in text
 
 
 def _drift_materialization(day: date, severe: bool) -> dg.AssetMaterialization:
