@@ -381,9 +381,20 @@ def test_a_window_groups_repeats_and_closes_when_quiet():
     assert restored.groups == book.groups and restored.outbox == book.outbox
 
 
-def test_the_code_location_runs_the_alert_sensors(tiny_home):
+def test_the_code_location_runs_the_alert_sensors(tiny_home, tmp_path, receiver, monkeypatch):
+    """The real location: both sensors run by default, and `pulse_alerts` reads its checks (dbt's among them)."""
     from pulse_assets.definitions import defs
 
     for name in ("alert_on_run_failure", "pulse_alerts"):
-        sensor = defs.resolve_sensor_def(name)
-        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+    monkeypatch.setenv("PULSE_ALERTS__WEBHOOK_URL", receiver.url)
+    city = City(tiny_home, defs, dg.DagsterInstance.local_temp(str(tmp_path)))
+    assert "start from now" in city.tick("pulse_alerts").skip_message
+    raw = dg.AssetCheckKey(dg.AssetKey(["raw", "ride_requests"]), "great_expectations")
+    city.report(
+        dg.AssetCheckEvaluation(
+            asset_key=raw.asset_key, check_name=raw.name, passed=False, partition=DAY.isoformat(), description="x"
+        )
+    )
+    assert city.tick("pulse_alerts").skip_message.startswith("1 alert message(s) sent")
+    assert f"raw/ride_requests:great_expectations, day {DAY}" in receiver.messages[0]["text"]
