@@ -39,7 +39,9 @@ Decisions:
   is posted; a POST is retried three times with backoff (connection errors, timeouts, 408, 429, 5xx), and what
   could not be delivered stays queued for the next evaluation of either sensor, logged as an error and named in
   the skip reason; the evaluation itself succeeds (no failed tick every 30 s while the receiver is down). A 4xx
-  refusal drops that message with an error in the log.
+  refusal drops that message with an error in the log. The run failure hook posts only when nothing waits
+  before its message (it may see five failed runs in one evaluation: a dead receiver must not cost each of them
+  its retries and timeouts within the evaluation's time limit); `pulse_alerts` retries the queue.
 """
 
 from __future__ import annotations
@@ -180,8 +182,12 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, pulse: PulseResour
         context.log.info(f"run {context.dagster_run.run_id} failed on blocking checks: their alerts tell it")
         return
     with alert_book(context.instance) as book:
+        waiting = len(book.outbox)
         book.record(alert, settings.city.name)
-        _deliver(context.log, book, settings)
+        if waiting:  # the webhook failed on an earlier message: pulse_alerts retries, in order, within 30 s
+            context.log.warning(f"{waiting} earlier alert message(s) still wait for the webhook; this one is queued")
+        else:
+            _deliver(context.log, book, settings)
 
 
 # The other conditions: one sensor over the event log -------------------------------------------------------------
