@@ -209,6 +209,11 @@ class AlertSettings(BaseModel):
     )
     timeout_seconds: float = Field(default=5.0, gt=0, description="HTTP timeout of one webhook POST.")
 
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("ui_url")
     @classmethod
     def _no_trailing_slash(cls, v: str) -> str:

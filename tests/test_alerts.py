@@ -346,7 +346,7 @@ def test_a_failing_webhook_keeps_the_alert_for_the_next_tick(city, receiver):
 
 
 def test_alerts_are_off_without_a_webhook(city, receiver, monkeypatch):
-    monkeypatch.delenv("PULSE_ALERTS__WEBHOOK_URL")
+    monkeypatch.setenv("PULSE_ALERTS__WEBHOOK_URL", "")  # empty is unset
     city.tick("alert_on_run_failure")
     assert not city.run("toy_fails").success
     assert city.tick("pulse_alerts").skip_message == "PULSE_ALERTS__WEBHOOK_URL is not set: alerts are off"
