@@ -398,3 +398,14 @@ def test_the_code_location_runs_the_alert_sensors(tiny_home, tmp_path, receiver,
     )
     assert city.tick("pulse_alerts").skip_message.startswith("1 alert message(s) sent")
     assert f"raw/ride_requests:great_expectations, day {DAY}" in receiver.messages[0]["text"]
+
+
+def test_the_webhook_url_is_a_secret(tmp_path):
+    from pulse.settings import PulseSettings
+
+    url = "https://hooks.slack.com/services/T000/B000/secret-token"
+    settings = PulseSettings(home=tmp_path, alerts={"webhook_url": url})
+    assert url not in repr(settings) and url not in settings.redact(f"POST {url} failed")
+    with pytest.raises(alerts.WebhookError) as err:  # nothing listens on port 9: the error does not quote the URL
+        alerts.post("http://127.0.0.1:9/hooks/secret-token", {"text": "x"}, timeout=1, attempts=2, backoff=0.01)
+    assert "secret-token" not in str(err.value)
