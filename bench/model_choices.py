@@ -1,7 +1,7 @@
 """The model choices of README "Forecast quality", by backtest: training window, calibration, quiet cells.
 
     .venv/bin/python -m bench.model_choices --home HOME --start DAY --end DAY [--train-days 14,21,all]
-        [--calibration-days 2,7] [--quiet] [--name NAME]
+        [--calibration-share 0.5] [--quiet] [--name NAME]
 
 Runs ``pulse.lifecycle.backtest.run_backtest`` in process on a built city (``PULSE_HOME`` = ``--home``) once per
 (training days, calibration days) pair and records, per horizon, the model's WAPE, the 4-week climatology's on
@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--start", required=True)
     ap.add_argument("--end", required=True, help="Last day, inclusive")
     ap.add_argument("--train-days", default="21", help="Comma-separated; 'all' = every day before --start")
-    ap.add_argument("--calibration-days", default="2", help="Comma-separated")
+    ap.add_argument("--calibration-share", default="0.5", help="Comma-separated")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--name", default="")
     args = ap.parse_args()
@@ -147,9 +147,9 @@ def main() -> None:
     start, end = day(args.start), day(args.end, end=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     first = True
-    for cal in [float(x) for x in args.calibration_days.split(",")]:
+    for cal in [float(x) for x in args.calibration_share.split(",")]:
         for td in args.train_days.split(","):
-            settings = PulseSettings(home=home, training={"calibration_days": cal})
+            settings = PulseSettings(home=home, training={"calibration_share": cal})
             train_days = ALL_DAYS if td == "all" else int(td)
             with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:
                 con.execute("SET TimeZone = 'UTC'")
@@ -159,7 +159,7 @@ def main() -> None:
                 "start": args.start,
                 "end": args.end,
                 "train_days": td,
-                "calibration_days": cal,
+                "calibration_share": cal,
             } | row
             if args.quiet and first and run.fit.forecaster.quiet_cells:
                 row["quiet_comparison"] = quiet_comparison(run, settings.truth_path)

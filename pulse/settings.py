@@ -12,7 +12,7 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
 ==============  ========================================================================================
 ``city``        name, start_date, h3_resolution, service_types, horizons, timezone, lat_min, lat_max,
                 lng_min, lng_max, min_cell_requests (``pulse import-trips`` writes them to ``city.env``)
-``training``    train_days, holdout_days, max_training_rows, seed, min_cell_daily_requests, calibration_days
+``training``    train_days, holdout_days, max_training_rows, seed, min_cell_daily_requests, calibration_share
 ``quality``     max_quarantine_share, null_rate_slack, day_total_min_ratio, day_total_max_ratio, bounds_mads
 ``drift``       psi_moderate, psi_severe, ks_moderate, ks_severe, null_rise_severe, min_rows,
                 severe_min_features, wape_ratio_moderate, wape_ratio_severe, volume_ratio_severe
@@ -116,7 +116,13 @@ class TrainingSettings(BaseModel):
     min_cell_daily_requests: float = Field(
         default=10.0, ge=0, description="Active (modelled, served) cell: mean requests a day over the training window."
     )
-    calibration_days: float = Field(default=2.0, gt=0, description="End of the training window that fits intervals.")
+    calibration_share: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="End of the training window whose out-of-sample errors fit the intervals (README "
+        '"p10/p50/p90 and their calibration").',
+    )
 
 
 class QualitySettings(BaseModel):

@@ -26,7 +26,7 @@ import pandas as pd
 from pulse.domain import metrics
 from pulse.lifecycle import rows
 from pulse.model import baselines
-from pulse.model.forecaster import MODEL_SOURCE, QUIET_SOURCE, DemandForecaster, randomized_pit
+from pulse.model.forecaster import MODEL_SOURCE, QUIET_SOURCE, DemandForecaster, count_quantiles, randomized_pit
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.feature_store import historical_features
 
@@ -107,8 +107,8 @@ def forecast_window(
         features.loc[~inside, f"target_{h}"] = np.nan
         part, quiet = features[inside], quiet_all[inside]
         mu = forecaster.mean(part, h)
-        alpha = forecaster.alphas(mu, h, quiet)
-        model_rows = export_rows(part, h, *(forecaster.quantiles(mu, h, q, quiet) for q in (0.1, 0.5, 0.9)))
+        alpha = forecaster.alphas(mu, h, quiet, part)
+        model_rows = export_rows(part, h, *(count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)))
         frames[MODEL].append(model_rows.assign(source=np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)))
         for name in baseline_names:
             q = baselines.baseline_quantiles(part, name, h)

@@ -4,13 +4,14 @@ The training rows are (busy cell, service type, origin) triples (``pulse.lifecyc
 come from the Feast feature service only (point-in-time: the newest row with feature_ts ≤ origin); their
 targets are the realised demand of the bucket each horizon aims at, read from ``fct_demand_15min``.
 
-The window [start, end) is cut in three, in time order:
+The window [start, holdout start) trains the model; the last ``holdout_days`` hold it out:
 
-* fit:         origins whose every target lies before the calibration start: the boosters learn here;
-* calibration: the next ``calibration_days``: the dispersion of the predictive distribution is fitted here;
-* holdout:     the last ``holdout_days``: the finished model and the baselines forecast every active cell and
-  origin and are scored there (``pulse.lifecycle.evaluation``, the code of a backtest), the figures promotion
-  compares.
+* fit:         every origin whose targets end before the holdout: the served boosters learn here;
+* calibration: the window's last ``calibration_share`` (half): a dispersion booster trained on the origins before
+  it forecasts it, and the dispersion of the predictive distribution is fitted on those out-of-sample errors
+  (``pulse.model.forecaster``); its rows are also fit rows of the served boosters;
+* holdout:     the finished model and the baselines forecast every active cell and origin and are scored there
+  (``pulse.lifecycle.evaluation``, the code of a backtest), the figures promotion compares.
 
 Nothing the model or its intervals learn comes from at or after the holdout start, so the holdout scores
 are what ``pulse backtest --start <holdout start> --end <end>`` reports for this version.
@@ -163,12 +164,13 @@ def fit_forecaster(
     num_rounds: int | None = None,
 ) -> FitResult:
     """Train a forecaster on data in [start, end) only: active cells and levels from that window, boosters on
-    origins whose targets end before the calibration start, dispersion on the calibration stretch after."""
+    every origin whose targets end before ``end``, dispersion on the calibration stretch (the window's end) from
+    the errors of a booster trained before it."""
     horizons = list(settings.city.horizons)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data in {start}..{end}: need at least one day to train")
-    calibration_start = end - min(timedelta(days=settings.training.calibration_days), span / 4)
+    calibration_start = start + ((span * (1 - settings.training.calibration_share)) // BUCKET) * BUCKET
     cells, seen, share = active_cells(con, settings, start, end)
     if not cells:
         raise ValueError(
@@ -177,13 +179,13 @@ def fit_forecaster(
         )
     quiet = sorted(set(city_cells(con, end)) - set(cells))
     last_h = timedelta(minutes=max(horizons))
-    fit_rows = entity_rows(con, settings, origins(start, calibration_start - last_h), cells)
+    fit_rows = entity_rows(con, settings, origins(start, end - last_h), cells)
     calib_origins = origins(calibration_start - BUCKET, end - last_h)
     calib_rows = entity_rows(con, settings, calib_origins, cells)
     quiet_rows = entity_rows(con, settings, calib_origins, quiet) if quiet else calib_rows.iloc[:0]
     fit_rows = sample_rows(
         fit_rows,
-        series_levels(con, cells, start, calibration_start),
+        series_levels(con, cells, start, end),
         settings.training.max_training_rows,
         settings.training.seed,
     )
