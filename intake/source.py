@@ -1,0 +1,258 @@
+"""Where events come from: the small interface the intake loop reads, and its NATS JetStream implementation.
+
+The interface (:class:`Source`) is two calls, per event table:
+
+* ``fetch(max_messages, max_wait)``: up to ``max_messages`` messages, or what arrived within ``max_wait`` seconds
+  (possibly none), with their positions in the log (JetStream's stream sequence, Kafka's offset);
+* ``ack(delivery)``: every message of the delivery is durably landed (its file fsynced and renamed). The source
+  may acknowledge later than asked (see below) but never earlier, and never a message not yet landed.
+
+A message may be delivered again after a crash (it was landed, the acknowledgement was lost): it is landed again
+in a new part, and ingest's de-duplication by id drops the copy. Within one process, a source drops a redelivered
+message it has already landed (by its position) before the loop sees it.
+
+**JetStream** (:class:`NatsSource`): a durable pull consumer (``pulse-intake``) on each table's stream, explicit
+acknowledgements with the ``all`` policy: acknowledging stream sequence *M* acknowledges every message up to *M*,
+so a batch costs one acknowledgement (a request the server answers once it has recorded it) instead of one
+publish per message. That is safe only if every message up to *M* is landed; the source tracks it: the
+consumer's acknowledgement floor (read from the server when the source opens), the sequences landed since, and
+acknowledges the highest sequence *M* such that everything in (floor, *M*] is landed. A stream's sequences are
+contiguous (one subject per stream, nothing deleted in the middle), so a hole is a message delivered to someone
+else: a consumer process killed before landing it. Its messages come back after the consumer's ``ack_wait``
+(30 s); until then the landed messages after the hole wait unacknowledged (and the server, at
+``max_ack_pending``, stops delivering new ones), and then everything is acknowledged at once. When no progress
+is made for longer than ``ack_wait``, the floor is read from the server again (a stream's age limit may have
+removed the hole). One process per durable consumer: two processes would see each other's messages as holes
+and wait, never lose.
+
+Fetching is a pull request on the consumer (``batch``, ``expires``) whose messages arrive on an inbox the
+source subscribes to; the request ends when the batch is full or at its expiry (status 408). nats-py's own
+``fetch`` waits on an asyncio queue per message and reached about a third of this rate here.
+
+Reconnection is nats-py's: the client reconnects for ever (a restarted ``nats-server`` keeps streams and
+consumers in its store directory); a pull request lost with the connection ends at the fetch's local deadline,
+an acknowledgement that fails is retried at the next batch, and messages delivered to a dropped connection come
+back after ``ack_wait``.
+
+**Kafka** (not shipped; Kafka cannot be installed here, so it could not be tested). An implementation of the
+same interface needs: one consumer group (``pulse-intake``) over one topic per table, ``enable.auto.commit``
+off, and offsets committed per partition only after the batch's file is durable: the committed offset is the
+next one to read, that is the highest offset *M* such that every offset of the partition up to *M* is landed
+(offsets are contiguous per partition, as stream sequences are here; a batch spans several partitions, each
+tracked on its own). On a rebalance (partitions revoked) it must commit what is landed and drop what is not,
+since the new owner reads from the committed offset: what is redelivered is landed again and ingest's
+de-duplication by id drops it, exactly as for JetStream. The producer's id goes in the message key (also
+keeping one id's versions in one partition) and Kafka's idempotent producer replaces JetStream's duplicate
+window; a producer retrying after its own crash still relies on ingest's de-duplication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+
+from intake.schema import TABLES, stream_name, subject
+
+log = logging.getLogger("pulse.intake")
+
+DURABLE = "pulse-intake"
+DUPLICATE_WINDOW_S = 120.0  # JetStream drops a message whose Nats-Msg-Id it has seen within this window
+MAX_AGE_S = 7 * 86_400.0  # a stream keeps a week of events (the landing zone is the record)
+ACK_WAIT_S = 30.0
+MAX_ACK_PENDING = 50_000
+
+
+@dataclass
+class Delivery:
+    """One fetch of one table: payloads in delivery order and their positions in the log."""
+
+    table: str
+    payloads: list[bytes] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    redelivered: int = 0  # messages dropped because this process had already landed them
+
+
+class Source(Protocol):
+    table: str
+
+    async def fetch(self, max_messages: int, max_wait: float) -> Delivery: ...
+
+    async def ack(self, delivery: Delivery) -> None: ...
+
+
+async def connect(url: str, name: str = "pulse") -> nats.NATS:
+    """A connection that reconnects for ever and buffers 64 MB of outgoing messages while it does."""
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats: %s", err)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected from %s", url)
+
+    async def on_reconnect() -> None:
+        log.warning("nats: reconnected to %s", url)
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        pending_size=64 << 20,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def ensure_streams(nc: nats.NATS, tables: tuple[str, ...] = TABLES) -> None:
+    """Create each table's stream if it does not exist (file storage, a week of events, the duplicate window);
+    idempotent, called by producers and the consumer alike. An existing stream is left as it is."""
+    js = nc.jetstream()
+    for table in tables:
+        try:
+            await js.stream_info(stream_name(table))
+            continue
+        except nats.js.errors.NotFoundError:
+            pass
+        config = StreamConfig(
+            name=stream_name(table),
+            subjects=[subject(table)],
+            storage=StorageType.FILE,
+            max_age=MAX_AGE_S,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:  # created meanwhile by another process
+            await js.stream_info(stream_name(table))
+
+
+def stream_sequence(reply: str) -> int:
+    """The stream sequence in a JetStream delivery's reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.
+    <stream seq>.<consumer seq>.<ts>.<pending>``, or the newer form with domain and account hash)."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+class NatsSource:
+    """A table's events through the durable pull consumer ``pulse-intake`` on its stream (see the module)."""
+
+    def __init__(self, nc: nats.NATS, table: str, durable: str = DURABLE) -> None:
+        self.nc, self.table, self.durable = nc, table, durable
+        self.stream = stream_name(table)
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
+        self._got: list = []
+        self._want = 0
+        self._done = asyncio.Event()
+        self._floor = 0  # every stream sequence up to here is acknowledged
+        self._landed: dict[int, str] = {}  # landed, not yet acknowledged: stream sequence -> reply subject
+        self._replies: dict[int, str] = {}  # delivered, not landed yet
+        self._progress = time.monotonic()
+        self.acked = 0  # messages acknowledged by this source (through the floor)
+
+    async def open(self) -> NatsSource:
+        js = self.nc.jetstream()
+        await ensure_streams(self.nc, (self.table,))
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = await js.add_consumer(
+                self.stream,
+                ConsumerConfig(
+                    durable_name=self.durable,
+                    ack_policy=AckPolicy.ALL,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=ACK_WAIT_S,
+                    max_ack_pending=MAX_ACK_PENDING,
+                    max_deliver=-1,
+                ),
+            )
+        self._floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        self._inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        return self
+
+    async def _on_msg(self, msg) -> None:
+        headers = msg.headers
+        if headers and "Status" in headers:
+            if headers["Status"] != "100":  # 408 request expired, 404 no messages, 409 (limits): the request ended
+                self._done.set()
+            return
+        self._got.append(msg)
+        if len(self._got) >= self._want:
+            self._done.set()
+
+    async def fetch(self, max_messages: int, max_wait: float) -> Delivery:
+        self._got, self._want = [], max_messages
+        self._done.clear()
+        request = b'{"batch": %d, "expires": %d}' % (max_messages, int(max_wait * 1e9))
+        try:
+            await self.nc.publish(self._next, request, reply=self._inbox)
+            await asyncio.wait_for(self._done.wait(), max_wait + 2.0)
+        except (TimeoutError, nats.errors.Error):
+            pass  # the request was lost with the connection: what arrived is the delivery
+        got, self._got = self._got, []
+        delivery = Delivery(self.table)
+        for msg in got:
+            seq = stream_sequence(msg.reply)
+            if seq <= self._floor:
+                delivery.redelivered += 1
+                continue
+            if seq in self._landed:  # landed already: keep the newest delivery's reply (the server's consumer
+                self._landed[seq] = msg.reply  # sequence of an acknowledgement must be above its floor)
+                delivery.redelivered += 1
+                continue
+            delivery.payloads.append(msg.data)
+            delivery.positions.append(seq)
+            self._replies[seq] = msg.reply
+        return delivery
+
+    async def ack(self, delivery: Delivery) -> None:
+        for seq in delivery.positions:
+            self._landed[seq] = self._replies.pop(seq)
+        await self._ack_landed()
+
+    async def _ack_landed(self) -> None:
+        top = self._floor
+        while top + 1 in self._landed:
+            top += 1
+        if top == self._floor:
+            if self._landed and time.monotonic() - self._progress > 2 * ACK_WAIT_S:
+                await self._refresh_floor()
+            return
+        try:
+            await self.nc.request(self._landed[top], b"+ACK", timeout=5.0)
+        except (TimeoutError, nats.errors.Error) as err:
+            log.warning("%s: acknowledgement up to %d failed (%s); retried with the next batch", self.table, top, err)
+            return
+        for seq in range(self._floor + 1, top + 1):
+            del self._landed[seq]
+        self.acked += top - self._floor
+        self._floor = top
+        self._progress = time.monotonic()
+
+    async def _refresh_floor(self) -> None:
+        js = self.nc.jetstream()
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+            first = (await js.stream_info(self.stream)).state.first_seq
+        except (TimeoutError, nats.errors.Error):
+            return
+        floor = max(self._floor, info.ack_floor.stream_seq if info.ack_floor else 0, first - 1)
+        if floor > self._floor:
+            log.warning("%s: acknowledgement floor moved from %d to %d on the server", self.table, self._floor, floor)
+            self._floor = floor
+            for seq in [s for s in self._landed if s <= floor]:
+                del self._landed[seq]
+        self._progress = time.monotonic()
