@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from intake.schema import TABLES, decode, time_column
-from intake.source import Delivery, NatsSource, Source, connect, ensure_streams
+from intake.source import ACK_WAIT_S, Delivery, NatsSource, Source, connect, ensure_streams
 from pulse.data.landing import write_atomic, write_part
 from pulse.settings import PulseSettings
 
@@ -144,13 +144,15 @@ async def serve(
     batch: int = 10_000,
     max_wait: float = 0.25,
     report_every: float = 10.0,
+    ack_wait: float = ACK_WAIT_S,
+    intake: Intake | None = None,
 ) -> IntakeStats:
-    """Run the intake on ``url`` until ``stop`` is set; returns the counts."""
+    """Run the intake on ``url`` until ``stop`` is set; returns the counts (``intake.stats`` meanwhile)."""
     nc = await connect(url, name="pulse-intake")
     try:
         await ensure_streams(nc, tables)
-        sources = [await NatsSource(nc, t).open() for t in tables]
-        intake = Intake(settings, batch=batch, max_wait=max_wait)
+        sources = [await NatsSource(nc, t, ack_wait=ack_wait).open() for t in tables]
+        intake = intake or Intake(settings, batch=batch, max_wait=max_wait)
 
         async def report() -> None:
             while not stop.is_set():
@@ -170,7 +172,9 @@ async def serve(
         await nc.close()
 
 
-def run_forever(settings: PulseSettings, url: str, batch: int = 10_000, max_wait: float = 0.25) -> IntakeStats:
+def run_forever(
+    settings: PulseSettings, url: str, batch: int = 10_000, max_wait: float = 0.25, ack_wait: float = ACK_WAIT_S
+) -> IntakeStats:
     """``pulse intake``: until SIGINT or SIGTERM, which let the batch in hand land and be acknowledged."""
 
     async def main() -> IntakeStats:
@@ -178,6 +182,6 @@ def run_forever(settings: PulseSettings, url: str, batch: int = 10_000, max_wait
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await serve(settings, url, stop, batch=batch, max_wait=max_wait)
+        return await serve(settings, url, stop, batch=batch, max_wait=max_wait, ack_wait=ack_wait)
 
     return asyncio.run(main())

@@ -148,8 +148,9 @@ def stream_sequence(reply: str) -> int:
 class NatsSource:
     """A table's events through the durable pull consumer ``pulse-intake`` on its stream (see the module)."""
 
-    def __init__(self, nc: nats.NATS, table: str, durable: str = DURABLE) -> None:
-        self.nc, self.table, self.durable = nc, table, durable
+    def __init__(self, nc: nats.NATS, table: str, durable: str = DURABLE, ack_wait: float = ACK_WAIT_S) -> None:
+        """``ack_wait`` applies when the durable consumer is created (an existing one keeps its own)."""
+        self.nc, self.table, self.durable, self.ack_wait = nc, table, durable, ack_wait
         self.stream = stream_name(table)
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{durable}"
         self._got: list = []
@@ -173,12 +174,13 @@ class NatsSource:
                     durable_name=self.durable,
                     ack_policy=AckPolicy.ALL,
                     deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=ACK_WAIT_S,
+                    ack_wait=self.ack_wait,
                     max_ack_pending=MAX_ACK_PENDING,
                     max_deliver=-1,
                 ),
             )
         self._floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        self.ack_wait = info.config.ack_wait or self.ack_wait
         self._inbox = self.nc.new_inbox()
         await self.nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
         return self
@@ -228,7 +230,7 @@ class NatsSource:
         while top + 1 in self._landed:
             top += 1
         if top == self._floor:
-            if self._landed and time.monotonic() - self._progress > 2 * ACK_WAIT_S:
+            if self._landed and time.monotonic() - self._progress > 2 * self.ack_wait:
                 await self._refresh_floor()
             return
         try:

@@ -230,6 +230,9 @@ def intake(
     bus: Annotated[str, typer.Option(help="NATS server with JetStream, e.g. nats://127.0.0.1:4222.")],
     batch: Annotated[int, typer.Option(help="Messages fetched, landed and acknowledged at once per table.")] = 10_000,
     max_wait_ms: Annotated[int, typer.Option(help="Land what came within this time if a batch is not full.")] = 250,
+    ack_wait: Annotated[
+        float, typer.Option(help="Seconds before an unacknowledged message is redelivered (set when created).")
+    ] = 30.0,
 ) -> None:
     """Land events from JetStream into the landing zone: a durable pull consumer per event table writes
     micro-batch parts (fsynced) and acknowledges them after; malformed messages go to landing/_quarantine.
@@ -241,7 +244,7 @@ def intake(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = _settings()
     typer.echo(f"intake from {bus} into {settings.landing_dir} (batch {batch}, wait {max_wait_ms} ms)")
-    stats = run_forever(settings, bus, batch=batch, max_wait=max_wait_ms / 1000)
+    stats = run_forever(settings, bus, batch=batch, max_wait=max_wait_ms / 1000, ack_wait=ack_wait)
     typer.echo(f"intake stopped: {stats.line()}")
 
 
