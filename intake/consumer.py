@@ -19,7 +19,8 @@ malformed message is acknowledged once it is there, so it never blocks the consu
 reports the counts; published = landed rows (distinct ids after ingest) + quarantined messages.
 
 Tables are consumed concurrently (one asyncio task each on one connection); the decoding and writing of a batch
-run in a worker thread (Arrow's JSON reader and Parquet writer release the GIL), while the next fetch waits.
+run in a worker thread (Arrow's JSON reader and Parquet writer release the GIL) while the next batch is
+fetched, so receiving (Python, the GIL) and landing (C++) overlap on two cores.
 """
 
 from __future__ import annotations
@@ -87,12 +88,24 @@ class Intake:
         return self.stats
 
     async def _loop(self, source: Source, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            delivery = await source.fetch(self.batch, self.max_wait)
-            self.stats.redelivered[source.table] += delivery.redelivered
-            if delivery.payloads:
-                await asyncio.to_thread(self.land, delivery)
-            await source.ack(delivery)  # an empty delivery retries a failed or held-back acknowledgement
+        """Fetch batch k+1 while batch k is decoded and written in a worker thread; acknowledge k once written."""
+        landing: tuple[asyncio.Future, Delivery] | None = None
+        try:
+            while not stop.is_set():
+                delivery = await source.fetch(self.batch, self.max_wait)
+                self.stats.redelivered[source.table] += delivery.redelivered
+                if landing:
+                    await landing[0]
+                    await source.ack(landing[1])
+                    landing = None
+                if delivery.payloads:
+                    landing = (asyncio.ensure_future(asyncio.to_thread(self.land, delivery)), delivery)
+                else:
+                    await source.ack(delivery)  # nothing new: retries a failed or held-back acknowledgement
+        finally:
+            if landing:  # stopping: the batch in hand lands and is acknowledged
+                await landing[0]
+                await source.ack(landing[1])
 
     def land(self, delivery: Delivery) -> None:
         """Write one delivery durably: its rows as one part per UTC day, its malformed messages to quarantine."""

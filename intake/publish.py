@@ -47,14 +47,13 @@ class Publisher:
         await ensure_streams(self.nc, tables)
         self._inbox = self.nc.new_inbox()
         self._prefix_len = len(self._inbox) + 1
-        await self.nc.subscribe(self._inbox + ".*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await self.nc.fast_subscribe(self._inbox + ".*", self._on_ack)
         return self
 
-    async def _on_ack(self, msg) -> None:
-        n = int(msg.subject[self._prefix_len :])
+    def _on_ack(self, subj: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        n = int(subj[self._prefix_len :])
         if n not in self._pending:
             return  # the answer to a copy sent again
-        data = msg.data
         if b'"error"' in data:
             # A refusal (for example a stream that does not take the subject): sent again after the timeout.
             self.errors += 1
