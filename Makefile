@@ -54,11 +54,13 @@ demo: install
 
 # The city after its history, live (README "Live"): builds the demo history when missing, then `pulse live` at 10x
 # (a bucket every 90 s; SPEED=1 is real time). Ctrl-C stops the stream, the API and the Dagster UI.
+# BUS=nats://127.0.0.1:4222 (after `make services`) sends the events through NATS JetStream and `pulse intake`.
 SPEED ?= 10
+BUS ?=
 live: install
 	$(UV) run --frozen pulse simulate --if-missing
 	$(UV) run --frozen pulse materialize --missing
-	$(UV) run --frozen pulse live --speed $(SPEED)
+	$(UV) run --frozen pulse live --speed $(SPEED) $(if $(BUS),--bus $(BUS))
 
 lint: install
 	$(UV) run --frozen ruff check .

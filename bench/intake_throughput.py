@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import nats.js.errors
 
 from intake.publish import Publisher
 from intake.schema import encode_rows, stream_name, subject
@@ -115,8 +116,12 @@ class Consumer:
 
 
 async def consumer_state(nc) -> tuple[int, int, int]:
-    """(acknowledgement floor, messages not yet delivered, delivered and not acknowledged)."""
-    info = await nc.jetstream().consumer_info(stream_name(TABLE), DURABLE)
+    """(acknowledgement floor, messages not yet delivered, delivered and not acknowledged); (0, -1, -1) before
+    the consumer process has created its durable consumer."""
+    try:
+        info = await nc.jetstream().consumer_info(stream_name(TABLE), DURABLE)
+    except nats.js.errors.NotFoundError:
+        return 0, -1, -1
     return info.ack_floor.stream_seq, info.num_pending, info.num_ack_pending
 
 
@@ -124,16 +129,30 @@ async def publish_all(
     pub: Publisher, settings: PulseSettings, events: int, bad_every: int | None, rate: float | None = None
 ) -> dict:
     """Publish the requests (at most ``rate`` a second); returns the count and the rate reached."""
-    t0, sent, bad = time.perf_counter(), 0, 0
+    t0, sent, bad, publishing = time.perf_counter(), 0, 0, 0.0
     for msgs in request_chunks(settings, events, bad_every):
         for i in range(0, len(msgs), 5_000):
+            t1 = time.perf_counter()
             await pub.publish_messages(subject(TABLE), msgs[i : i + 5_000])
+            publishing += time.perf_counter() - t1
             sent += len(msgs[i : i + 5_000])
             if rate and (ahead := sent / rate - (time.perf_counter() - t0)) > 0:
                 await asyncio.sleep(ahead)
         bad += sum(1 for key, _ in msgs if key.startswith("bad-"))
     seconds = time.perf_counter() - t0
-    return {"messages": sent, "malformed": bad, "seconds": round(seconds, 1), "rate": round(sent / seconds)}
+    return {
+        "messages": sent,
+        "malformed": bad,
+        "seconds": round(seconds, 1),  # simulating and encoding included
+        "publish_seconds": round(publishing, 1),  # waiting on publish calls and JetStream's acknowledgements
+        "rate": round(sent / publishing),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_drained(nc, total: int, timeout: float = 900.0) -> None:
@@ -204,7 +223,7 @@ async def phase_throughput(work: Path, events: int) -> dict:
         samples = []
         while True:
             state = await consumer_state(nc)
-            samples.append((time.monotonic() - start, state[0]))
+            samples.append((time.monotonic() - start, state[0], cpu_seconds(consumer.proc.pid)))
             if state[0] >= events:
                 break
             if consumer.proc.poll() is not None:
@@ -216,11 +235,11 @@ async def phase_throughput(work: Path, events: int) -> dict:
     finally:
         nats.stop()
 
-    def at(fraction: float) -> tuple[float, int]:
-        return next((t, n) for t, n in samples if n >= fraction * events)
+    def at(fraction: float) -> tuple[float, int, float]:
+        return next((t, n, c) for t, n, c in samples if n >= fraction * events)
 
-    (t10, n10), (t90, n90) = at(0.1), at(0.9)
-    first = next(t for t, n in samples if n > 0)
+    (t10, n10, c10), (t90, n90, c90) = at(0.1), at(0.9)
+    first = next(t for t, n, _ in samples if n > 0)
     counts = landed_counts(home)
     shutil.rmtree(home / "landing")
     return {
@@ -230,6 +249,10 @@ async def phase_throughput(work: Path, events: int) -> dict:
         "first_ack_after_s": round(first, 1),
         "overall_rate": round(events / samples[-1][0]),
         "sustained_rate_10_90": round((n90 - n10) / (t90 - t10)),
+        # How much of a core the (nice 19) consumer got, and its rate per CPU second: what it does on a core of
+        # its own.
+        "consumer_cpu_share_10_90": round((c90 - c10) / (t90 - t10), 2),
+        "events_per_cpu_second_10_90": round((n90 - n10) / max(c90 - c10, 1e-9)),
         "load_before": load_before,
         "load_after": load_after,
         **counts,
@@ -342,10 +365,13 @@ def markdown(r: dict) -> str:
         "| run | events | result |",
         "| --- | --- | --- |",
         f"| publish (`Publisher`, one process, 20,000 in flight) | {t['publish']['messages']:,} | "
-        f"{t['publish']['rate']:,} events/s (encoding included) |",
+        f"{t['publish']['rate']:,} events/s stored (JetStream acknowledgements included; simulating and encoding "
+        f"the rows not included) |",
         f"| intake, one `pulse intake` process, batch 10,000, acks on, backlog | {t['events']:,} | "
         f"**{t['sustained_rate_10_90']:,} events/s** sustained (10-90 %), {t['overall_rate']:,} events/s overall "
-        f"({t['consumer_seconds_total']} s from process start, first ack after {t['first_ack_after_s']} s) |",
+        f"({t['consumer_seconds_total']} s from process start, first ack after {t['first_ack_after_s']} s); the "
+        f"process had {t['consumer_cpu_share_10_90']:.2f} of a core: {t['events_per_cpu_second_10_90']:,} events "
+        f"per CPU second |",
         f"| SIGKILL ×{len(k['kills'])} under load ({k['kills_while_publishing']} while publishing) | "
         f"{k['published']['messages']:,} ({k['published']['malformed']} malformed) | landed "
         f"{k['landed_distinct_ids']:,} distinct ids + quarantined {k['quarantined_messages']} = published: "
