@@ -94,8 +94,9 @@ class Source(Protocol):
 
 class FastParser(Parser):
     """nats-py's protocol parser with a fast path for message lines (``MSG``/``HMSG``, what a pull consumer
-    receives): one ``find`` and ``split`` per line instead of two regular expressions, and no intermediate parser
-    state. Any other line (``PING``, ``INFO``, ``-ERR``...) and a message split across reads are handed to
+    receives): one ``find`` and ``split`` per line instead of two regular expressions, and a message on a
+    :meth:`Client.fast_subscribe` subscription handed over without a coroutine per message. A message split
+    across reads waits in the buffer for the rest; any other line (``PING``, ``INFO``, ``-ERR``...) goes to
     nats-py's own parser, unchanged."""
 
     async def parse(self, data: bytes = b"") -> None:

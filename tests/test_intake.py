@@ -7,6 +7,8 @@
   quarantine with their reasons, are acknowledged, and the consumer lands what comes after them.
 * `test_killed_between_write_and_ack_no_duplicate_rows`: `pulse intake` killed (SIGKILL) after writing a batch and
   before acknowledging it; a new process lands the redelivered messages again, and ingest keeps one row per id.
+* `test_running_day_loads_drop_redelivered_rows`: the bucket clock's loads drop a redelivered row landed in a later
+  part (ingest's de-duplication by id against the day's rows already loaded).
 * `test_nats_restart_under_load`: nats-server killed and restarted while events are published and consumed: the
   consumer and the publisher reconnect by themselves and every event lands.
 * `test_city_stream_through_the_bus`: the live simulator's stream with the bus sink, landed by the intake, gives
@@ -39,7 +41,7 @@ from intake.schema import TABLES, encode_rows, stream_name, subject
 from intake.source import DURABLE, connect
 from ops import services
 from pulse.data import ingest
-from pulse.data.landing import part_files
+from pulse.data.landing import part_files, write_part
 from pulse.data.simulator import SCHEMAS, CityConfig, simulate_city, simulate_days
 from pulse.settings import PulseSettings
 
@@ -213,6 +215,24 @@ def test_killed_between_write_and_ack_no_duplicate_rows(nats_server, tmp_path, d
     distinct, raw_rows, reasons = ingest_day(settings, "ride_requests", day, tmp_path)
     assert distinct == raw_rows == rows.num_rows  # ingest's de-duplication by id: no duplicate row
     assert reasons.get("duplicate id") == 1000
+
+
+def test_running_day_loads_drop_redelivered_rows(tmp_path, day_tables):
+    """The bucket clock's loads (``ingest_parts``, one per update) drop a row whose id an earlier load of the day
+    took in: a batch landed again after a crash, in a later part, never becomes a second row."""
+    day, tables = day_tables
+    rows = tables["ride_requests"]
+    settings = PulseSettings(home=tmp_path / "home")
+    midnight = datetime.combine(day, dtime())
+    first = write_part(settings, "ride_requests", day, rows.slice(0, 200), midnight, durable=True)
+    again = write_part(settings, "ride_requests", day, rows.slice(100, 200), midnight, durable=True)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        before = midnight - timedelta(days=1)
+        one = ingest.ingest_parts(con, settings, "ride_requests", day, {first: midnight}, before)
+        two = ingest.ingest_parts(con, settings, "ride_requests", day, {again: midnight}, before)
+        raw, distinct = con.execute("SELECT count(*), count(DISTINCT request_id) FROM raw.ride_requests").fetchone()
+    assert (one.accepted, two.accepted, two.reasons) == (200, 100, {"duplicate id": 100})
+    assert raw == distinct == 300
 
 
 def test_nats_restart_under_load(nats_server, tmp_path, day_tables):
