@@ -181,8 +181,11 @@ async def serve(
         finally:
             stop.set()
             await reporter
+            with contextlib.suppress(Exception):  # the last acknowledgements reach the server before closing
+                await nc.flush(timeout=5)
     finally:
-        await nc.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 10)
 
 
 def run_forever(
