@@ -13,7 +13,7 @@ default batch of 10,000, acknowledgements on), as ``pulse live --bus`` runs it.
    sustained rate is the slope between 10 % and 90 % of the events (start-up and the last partial batch left
    out); the overall rate is events over the time from the consumer's start to the last acknowledgement.
 2. **SIGKILL ×10 under load.** ``--fault-events`` requests (one in 5,000 replaced by a malformed message) are
-   published at ``--fault-rate`` (10,000/s) while the consumer runs; the consumer is killed with SIGKILL ten
+   published at ``--fault-rate`` (5,000/s) while the consumer runs; the consumer is killed with SIGKILL ten
    times, each time once it has acknowledged something since it started plus a random 0 to 1.5 s, and started
    again at once (``--ack-wait 5``: a killed process's unacknowledged messages come back after 5 s). Then: the
    landed request ids (distinct) plus the quarantined messages (distinct stream positions) must equal what was
@@ -422,7 +422,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2_000_000)
     ap.add_argument("--fault-events", type=int, default=600_000)
-    ap.add_argument("--fault-rate", type=float, default=10_000.0, help="publishing rate of the fault runs, events/s")
+    ap.add_argument("--fault-rate", type=float, default=5_000.0, help="publishing rate of the fault runs, events/s")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
     result = asyncio.run(run(args))
