@@ -7,7 +7,7 @@ UV := python3 -m uv
 VENV := .venv/.synced
 
 .PHONY: install system-deps browser demo live test lint format clean check-defs services services-stop bench-serving \
-	bench-forecast bench-pipeline bench-live
+	bench-forecast bench-pipeline bench-live bench-intake
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -54,11 +54,13 @@ demo: install
 
 # The city after its history, live (README "Live"): builds the demo history when missing, then `pulse live` at 10x
 # (a bucket every 90 s; SPEED=1 is real time). Ctrl-C stops the stream, the API and the Dagster UI.
+# BUS=nats://127.0.0.1:4222 (after `make services`) sends the events through NATS JetStream and `pulse intake`.
 SPEED ?= 10
+BUS ?=
 live: install
 	$(UV) run --frozen pulse simulate --if-missing
 	$(UV) run --frozen pulse materialize --missing
-	$(UV) run --frozen pulse live --speed $(SPEED)
+	$(UV) run --frozen pulse live --speed $(SPEED) $(if $(BUS),--bus $(BUS))
 
 lint: install
 	$(UV) run --frozen ruff check .
@@ -99,3 +101,8 @@ clean:
 # and on the large city of bench-pipeline (its 28-day history is built under bench/results/tmp/large when missing).
 bench-live: install
 	$(UV) run --frozen python -m bench.live_latency --write-readme
+
+# Intake through NATS JetStream: sustained events/s of one `pulse intake` process with acknowledgements, then
+# SIGKILL x10 and a nats-server restart under load (its own nats-server and folders; bench/results/intake.*).
+bench-intake: install
+	$(UV) run --frozen python -m bench.intake_throughput --write-readme

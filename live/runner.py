@@ -8,6 +8,11 @@ Three things run until Ctrl-C (or ``--hours`` of city time):
   update; a failed update is retried at the next close, whose window covers what was missed;
 * the API (:8000) and, unless ``--no-ui``, the Dagster UI (:3000), as child processes in live mode, reading the
   city clock the run writes to ``PULSE_HOME/live/clock.json``.
+
+With ``--bus nats://...`` the stream publishes each micro-batch to NATS JetStream instead of writing it
+(:class:`intake.publish.BusSink`, one message per event, the event's id as the message id), and a child
+``pulse intake --bus ...`` (at the updates' lower priority) lands them in the landing zone, where the bucket
+clock takes them in as before: the whole path runs as in production.
 """
 
 from __future__ import annotations
@@ -46,13 +51,19 @@ def stream_forever(stream: CityStream, clock: CityClock, every: timedelta, stop:
         until += every
 
 
-def children(settings: PulseSettings, api_port: int, ui_port: int | None) -> list[subprocess.Popen]:
+def children(
+    settings: PulseSettings, api_port: int, ui_port: int | None, bus: str | None = None
+) -> list[subprocess.Popen]:
     env = {**os.environ, "PULSE_HOME": str(settings.home), "PULSE_LIVE__ENABLED": "true"}
     env.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     bin_dir = Path(sys.executable).parent
     # No access log: a line per request costs the API more than answering a cached forecast (/metrics counts them).
     serve = [str(bin_dir / "pulse"), "serve", "--port", str(api_port), "--no-access-log"]
     procs = [subprocess.Popen(serve, cwd=PROJECT_ROOT, env=env)]
+    if bus:
+        intake = [str(bin_dir / "pulse"), "intake", "--bus", bus]
+        procs.append(subprocess.Popen(intake, cwd=PROJECT_ROOT, env=env))
+        os.setpriority(os.PRIO_PROCESS, procs[-1].pid, UPDATE_NICENESS)  # batch work, as the updates
     if ui_port is not None:
         workspace = str(PROJECT_ROOT / "workspace.yaml")
         procs.append(
@@ -63,11 +74,24 @@ def children(settings: PulseSettings, api_port: int, ui_port: int | None) -> lis
     return procs
 
 
-def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | None, hours: float | None) -> int:
+def run(
+    settings: PulseSettings,
+    speed: float,
+    api_port: int,
+    ui_port: int | None,
+    hours: float | None,
+    bus: str | None = None,
+) -> int:
     """Run the live city; returns the number of buckets published."""
     from live.update import BucketUpdater  # dbt, Feast, Great Expectations: seconds to import
 
-    stream = CityStream(settings)
+    sink = None
+    if bus:
+        from intake.publish import BusSink
+        from pulse.data.simulator import TABLES
+
+        sink = BusSink(bus, TABLES)
+    stream = CityStream(settings, sink=sink) if sink else CityStream(settings)
     updater = BucketUpdater(settings, CityClock.simulated(stream.start, speed))
     # The city starts once everything is loaded (seconds of imports and parsing above).
     updater.clock = clock = CityClock.simulated(stream.start, speed)
@@ -81,7 +105,7 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
     signal.signal(signal.SIGTERM, interrupt)
     every = timedelta(seconds=settings.live.micro_batch_seconds)
     feeder = threading.Thread(target=stream_forever, args=(stream, clock, every, stop), name="stream", daemon=True)
-    procs = children(settings, api_port, ui_port)
+    procs = children(settings, api_port, ui_port, bus)
     # The updates (dbt, checks, the stream) are batch work sharing the machine with the API started above: at
     # a lower priority they never take a core from a request.
     os.nice(UPDATE_NICENESS)
@@ -92,6 +116,7 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
         f"(a bucket every {BUCKET.total_seconds() / speed:.0f} s)\n"
         f"  Forecast API http://127.0.0.1:{api_port}/  (map at /, readiness at /ready)\n"
         + (f"  Dagster UI   http://127.0.0.1:{ui_port}  (asset live/buckets)\n" if ui_port else "")
+        + (f"  Events through NATS JetStream at {bus} (pulse intake lands them)\n" if bus else "")
         + "  Ctrl-C stops everything.\n",
         flush=True,
     )
@@ -104,7 +129,7 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
                 time.sleep(min(wait, 1.0))
                 continue
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a child process (API or Dagster UI) exited")
+                raise RuntimeError("a child process (API, Dagster UI or intake) exited")
             result = updater.update()
             if result.published:
                 published += 1
@@ -122,6 +147,8 @@ def run(settings: PulseSettings, speed: float, api_port: int, ui_port: int | Non
         stop.set()
         stop_children(procs)
         feeder.join(timeout=10)
+        if sink:
+            sink.close()
     return published
 
 

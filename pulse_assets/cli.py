@@ -209,16 +209,43 @@ def live(
     ui_port: Annotated[int, typer.Option()] = 3000,
     ui: Annotated[bool, typer.Option(help="Also start the Dagster UI.")] = True,
     hours: Annotated[float | None, typer.Option(help="Stop after this many city hours (default: Ctrl-C).")] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(help="Publish the events to NATS JetStream (nats://host:port) and land them with `pulse intake`."),
+    ] = None,
 ) -> None:
     """The city after its history, live: the simulator streams micro-batches on a simulated clock, every closed
     15-minute bucket goes through the bucket clock to the online store, and the API, the map and the Dagster UI
-    move with it. Needs the history materialised (`make demo`)."""
+    move with it. Needs the history materialised (`make demo`). With --bus the events go through JetStream."""
     from live import runner
 
     os.environ["PULSE_LIVE__ENABLED"] = "true"  # this process and its children run on the city clock
     settings = _settings()
-    published = runner.run(settings, speed, api_port, ui_port if ui else None, hours)
+    published = runner.run(settings, speed, api_port, ui_port if ui else None, hours, bus=bus)
     typer.echo(f"{published} bucket(s) published")
+
+
+@app.command()
+def intake(
+    bus: Annotated[str, typer.Option(help="NATS server with JetStream, e.g. nats://127.0.0.1:4222.")],
+    batch: Annotated[int, typer.Option(help="Messages fetched, landed and acknowledged at once per table.")] = 10_000,
+    max_wait_ms: Annotated[int, typer.Option(help="Land what came within this time if a batch is not full.")] = 250,
+    ack_wait: Annotated[
+        float, typer.Option(help="Seconds before an unacknowledged message is redelivered (set when created).")
+    ] = 30.0,
+) -> None:
+    """Land events from JetStream into the landing zone: a durable pull consumer per event table writes
+    micro-batch parts (fsynced) and acknowledges them after; malformed messages go to landing/_quarantine.
+    Runs until Ctrl-C or SIGTERM."""
+    import logging
+
+    from intake.consumer import run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings()
+    typer.echo(f"intake from {bus} into {settings.landing_dir} (batch {batch}, wait {max_wait_ms} ms)")
+    stats = run_forever(settings, bus, batch=batch, max_wait=max_wait_ms / 1000, ack_wait=ack_wait)
+    typer.echo(f"intake stopped: {stats.line()}")
 
 
 def _instant(text: str, end: bool = False) -> datetime:

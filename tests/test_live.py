@@ -3,6 +3,8 @@
 * `test_pulse_live_moves_bucket_by_bucket`: the real `pulse live` (stream, bucket updates, API as a child process)
   at 60x; the API's forecasts advance bucket by bucket and are never more than one bucket behind once an
   update's time has passed.
+* `test_pulse_live_through_the_bus`: the same with `--bus`: the stream publishes to NATS JetStream, the child
+  `pulse intake` lands the events, and the buckets are published in turn from them.
 * `test_bucket_clock_faults_and_intraday_equals_batch`: the updater in this process on a city clock the test
   sets, through a malformed micro-batch, a straggler inside the settle time, a late micro-batch, a crash before
   the online write, and then the day's whole-day Dagster run, whose blocking check compares its rows with the
@@ -117,6 +119,46 @@ def test_pulse_live_moves_bucket_by_bucket(tiny_city, tmp_path):
         if done:
             assert newest >= done[-1], (now, newest, done[-1], latencies)
         assert now - newest <= 2 * BUCKET + timedelta(seconds=allowed * speed), (now, newest)
+
+
+def test_pulse_live_through_the_bus(tiny_city, tmp_path, nats_server):
+    import asyncio
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from intake.schema import stream_name
+    from intake.source import DURABLE, connect
+
+    home = copy_city(tiny_city, tmp_path / "live")
+    port, speed, hours = 8766, 60.0, 0.5
+    bus = f"nats://127.0.0.1:{nats_server.port}"
+    env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    live = [str(Path(sys.executable).parent / "pulse"), "live", "--speed", str(speed), "--no-ui"]
+    live += ["--api-port", str(port), "--hours", str(hours), "--bus", bus]
+    proc = subprocess.run(live, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "intake stopped" in output, output[-3000:]  # the child lands what it holds and stops cleanly
+    published = re.findall(r"bucket (\S+ \S+) online ([\d.]+) s after its close", output)
+    start = datetime(2026, 10, 31, tzinfo=UTC)
+    expected = [start + BUCKET * k for k in range(1, int(hours * 4) + 1)]
+    assert [datetime.fromisoformat(t + "+00:00") for t, _ in published] == expected, output[-3000:]
+
+    async def acknowledged() -> tuple[int, int]:
+        nc = await connect(bus)
+        try:
+            js = nc.jetstream()
+            info = await js.consumer_info(stream_name("ride_requests"), DURABLE)
+            return info.ack_floor.stream_seq, (await js.stream_info(stream_name("ride_requests"))).state.messages
+        finally:
+            await nc.close()
+
+    floor, messages = asyncio.run(acknowledged())
+    parts = sorted((home / "landing" / "ride_requests" / "date=2026-10-31").glob("part-*.parquet"))
+    ids = pa.concat_tables([pq.read_table(p, columns=["request_id"]) for p in parts])["request_id"]
+    # Every ride request of the live day came through JetStream: what landed is what the intake acknowledged.
+    assert messages >= floor == pc.count_distinct(ids).as_py() == len(ids) > 0
 
 
 def _ts(text: str) -> datetime:

@@ -31,16 +31,33 @@ def part_files(settings: PulseSettings, table: str, day: date) -> list[Path]:
     return sorted(day_folder(settings, table, day).glob("part-*.parquet"))
 
 
-def write_atomic(table: pa.Table, path: Path) -> Path:
-    """Write ``table`` to ``path`` through a temporary name in the same folder, then rename it in place."""
+def write_atomic(table: pa.Table, path: Path, durable: bool = False) -> Path:
+    """Write ``table`` to ``path`` through a temporary name in the same folder, then rename it in place.
+
+    ``durable``: the file is fsynced before the rename and its folder after it, so once this returns the part
+    survives a crash of the machine, not only of the process (what an acknowledgement to a broker needs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    if not durable:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return path
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
 
 
-def write_part(settings: PulseSettings, table: str, day: date, rows: pa.Table, sent_at: datetime) -> Path:
+def write_part(
+    settings: PulseSettings, table: str, day: date, rows: pa.Table, sent_at: datetime, durable: bool = False
+) -> Path:
     """Land one micro-batch of ``table`` for ``day``: ``part-<sent_at>-<n>.parquet``, never overwriting one."""
     name = f"part-{sent_at:%Y%m%dT%H%M%S%f}-{os.getpid()}-{next(_sequence):06d}.parquet"
-    return write_atomic(rows, day_folder(settings, table, day) / name)
+    return write_atomic(rows, day_folder(settings, table, day) / name, durable=durable)

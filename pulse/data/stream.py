@@ -6,6 +6,10 @@ generative model: a streamed day holds exactly the rows a longer ``simulate`` wo
 Each table of a day is sorted by its time column, so every ``emit`` lands the next slice of it, and the parts of a
 day, in name (arrival) order, concatenate to that day's whole-day table.
 
+Where a micro-batch goes is the stream's ``sink``: by default :func:`pulse.data.landing.write_part` (files in the
+landing zone); under ``pulse live --bus`` an :class:`intake.publish.BusSink`, which publishes it to NATS JetStream,
+from where ``pulse intake`` lands it.
+
 When the stream enters a day it publishes the day's event schedule (ahead of the events, as venues do) and adds the
 day's truth to ``settings.truth_path``. A new stream over a landing zone an earlier stream wrote to resumes after
 the rows already landed, so a restart never lands a row twice.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
@@ -40,7 +45,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class CityStream:
     """The simulated city after its history: ``emit(until)`` lands what happened up to ``until``."""
 
-    def __init__(self, settings: PulseSettings) -> None:
+    def __init__(self, settings: PulseSettings, sink: Callable[..., object] = write_part) -> None:
+        """``sink(settings, table, day, rows, sent_at)`` lands one micro-batch (default: a landing part file)."""
+        self._sink = sink
         config, origin = load_city_config(settings)
         first = _history_end(settings) + timedelta(days=1)
         if first <= origin:
@@ -75,7 +82,7 @@ class CityStream:
             for table, times in self._times.items():
                 done, end = self._landed[table], int(np.searchsorted(times, at, side="right"))
                 if end > done:
-                    write_part(self._settings, table, self.day, self._day.tables[table].slice(done, end - done), until)
+                    self._sink(self._settings, table, self.day, self._day.tables[table].slice(done, end - done), until)
                     landed[table] += end - done
                     self._landed[table] = end
             if at < self._day_start + DAY_S * US:
@@ -97,7 +104,7 @@ class CityStream:
         self._entered = True
         if part_files(self._settings, SCHEDULE, self.day):
             return 0
-        write_part(self._settings, SCHEDULE, self.day, self._day.tables[SCHEDULE], until)
+        self._sink(self._settings, SCHEDULE, self.day, self._day.tables[SCHEDULE], until)
         return self._day.tables[SCHEDULE].num_rows
 
 
