@@ -23,6 +23,8 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
                 feature_refresh_seconds, store_grace_seconds, model_poll_seconds, registry_timeout_seconds,
                 batch_limit, forecast_fast_path
 ``live``        enabled, settle_seconds, latency_budget_seconds, micro_batch_seconds
+``decisions``   redis_url, nats_url (secrets; each publisher is off while its address is unset),
+                surge_horizon_min, ttl_buckets, moves_stream, moves_subject, retry_max_seconds, timeout_seconds
 ==============  ========================================================================================
 
 The Dagster resource (``pulse_assets.resources.PulseResource``) exposes ``quality``, ``drift``, ``promotion``
@@ -196,6 +198,25 @@ class LiveSettings(BaseModel):
     micro_batch_seconds: float = Field(default=60.0, gt=0, description="City seconds per simulated micro-batch.")
 
 
+class DecisionsSettings(BaseModel):
+    """Decisions out (README "Decisions out"): each bucket's surge to Redis for the pricing gateway and its
+    repositioning moves to NATS JetStream for dispatch. Each publisher is off while its address is unset; the
+    addresses may carry passwords, so they are secrets like the servers'."""
+
+    redis_url: SecretStr | None = Field(
+        default=None, description="redis://host:port/db (or Feast's host:port[,password=…]) for surge:{h3} keys."
+    )
+    nats_url: SecretStr | None = Field(default=None, description="nats://host:port for the moves (pulse live --bus).")
+    surge_horizon_min: int = Field(
+        default=30, gt=0, description="Horizon whose projected surge is published (nearest served one if not served)."
+    )
+    ttl_buckets: float = Field(default=2.0, gt=0, description="Surge keys expire this many buckets after their update.")
+    moves_stream: str = Field(default="PULSE_MOVES", description="JetStream stream holding the moves.")
+    moves_subject: str = Field(default="pulse.moves", description="Moves go to <this>.<service_type>.")
+    retry_max_seconds: float = Field(default=10.0, gt=0, description="Longest wait between two publish attempts.")
+    timeout_seconds: float = Field(default=2.0, gt=0, description="Connect and per-call timeout of Redis and NATS.")
+
+
 # Each group's model, and the flat name each of its fields had before the grouping (for the error on old names).
 GROUPS: dict[str, type[BaseModel]] = {
     "city": CitySettings,
@@ -206,9 +227,10 @@ GROUPS: dict[str, type[BaseModel]] = {
     "servers": ServerSettings,
     "serving": ServingSettings,
     "live": LiveSettings,
+    "decisions": DecisionsSettings,
 }
 _OLD_NAMES = {("city", "name"): "city", ("promotion", "wape_tolerance"): "promotion_wape_tolerance"}
-_GROUPED_SINCE_START = {"live"}  # groups that never had flat names
+_GROUPED_SINCE_START = {"live", "decisions"}  # groups that never had flat names
 
 
 def env_name(group: str, field: str) -> str:
@@ -255,6 +277,7 @@ class PulseSettings(BaseSettings):
     servers: ServerSettings = Field(default_factory=ServerSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
+    decisions: DecisionsSettings = Field(default_factory=DecisionsSettings)
 
     @field_validator("home")
     @classmethod
@@ -347,7 +370,14 @@ class PulseSettings(BaseSettings):
         for key in keys:
             text = text.replace(key, MASK)
         servers = self.servers
-        for address in (servers.clickhouse_dsn, servers.mlflow_tracking_uri, servers.redis_url):
+        decisions = self.decisions
+        for address in (
+            servers.clickhouse_dsn,
+            servers.mlflow_tracking_uri,
+            servers.redis_url,
+            decisions.redis_url,
+            decisions.nats_url,
+        ):
             for password in (p for pair in _PASSWORD.findall(_revealed(address)) for p in pair if p):
                 text = text.replace(f":{password}@", f":{MASK}@").replace(f"password={password}", f"password={MASK}")
                 if len(password) >= 8:  # also where a client prints it bare; a short one would mask other text

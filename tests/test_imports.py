@@ -28,7 +28,18 @@ LAYERS = (
     ("pulse.forecasts",),
 )
 # Top-level packages of this repository built on pulse (and the frameworks they wrap): pulse imports none.
-FORBIDDEN = ("feature_repo", "pulse_assets", "serving", "live", "expectations", "bench", "ops", "dagster", "fastapi")
+FORBIDDEN = (
+    "feature_repo",
+    "pulse_assets",
+    "serving",
+    "live",
+    "decisions",
+    "expectations",
+    "bench",
+    "ops",
+    "dagster",
+    "fastapi",
+)
 
 
 def module_name(path: Path, root: Path = PULSE) -> str:
