@@ -7,7 +7,7 @@ UV := python3 -m uv
 VENV := .venv/.synced
 
 .PHONY: install system-deps browser demo live test lint format clean check-defs services services-stop bench-serving \
-	bench-forecast bench-pipeline bench-live
+	bench-forecast bench-pipeline bench-live bench-decisions
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -99,3 +99,8 @@ clean:
 # and on the large city of bench-pipeline (its 28-day history is built under bench/results/tmp/large when missing).
 bench-live: install
 	$(UV) run --frozen python -m bench.live_latency --write-readme
+
+# Decisions out under faults (README "Decisions out"): the API on a built tiny city with its own Redis and NATS, a
+# compressed bucket clock, Redis down for a minute during updates; writes bench/results/decisions.{md,json}.
+bench-decisions: install
+	$(UV) run --frozen python -m bench.decisions_faults --write-readme

@@ -278,3 +278,106 @@ def test_nats_down_then_back_the_newest_moves_are_sent(tmp_path, nats_server):
         d.close()
     buckets = {b["bucket_end"] for _, _, b in asyncio.run(read_moves(nats_server.port))}
     assert buckets == {"2026-11-02T08:00:00Z", "2026-11-02T08:15:00Z"}
+
+
+# -- through the serving app on the tiny city -------------------------------------------------------------
+def test_the_server_publishes_each_new_bucket_and_answers_while_redis_is_down(
+    tiny_city, tmp_path, redis_server, nats_server
+):
+    """The real app: its first bucket's surge and moves land (and match what /v1/forecast and
+    /v1/recommendations answer); a feature re-read of the same bucket sends nothing; with Redis SIGKILLed a new
+    bucket still reaches the API and the moves, /ready stays 200 and names the failure, /metrics counts it, and
+    the newest bucket's keys land once Redis is back."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.test_serving import metric_values, newest_feature_ts, write_online_row
+
+    home = tmp_path / "home"
+    for part in ("feast", "mlflow", "model_cache"):
+        if (tiny_city / part).exists():
+            shutil.copytree(tiny_city / part, home / part)
+    newest = newest_feature_ts(home).astimezone(UTC)
+    settings = PulseSettings(
+        home=home,
+        serving={"feature_refresh_seconds": 3600, "model_poll_seconds": 30, "store_grace_seconds": 0},
+        decisions={
+            "redis_url": f"redis://127.0.0.1:{redis_server.port}",
+            "nats_url": f"nats://127.0.0.1:{nats_server.port}",
+            "retry_max_seconds": 0.5,
+            "timeout_seconds": 1.0,
+        },
+    )
+    client = redis.Redis(port=redis_server.port)
+    with TestClient(create_app(settings)) as c:
+        state = c.app.state.serving
+        surge, moves = state.decisions.get("redis"), state.decisions.get("nats")
+        assert surge.wait_published(newest, 30) and moves.wait_published(newest, 30), state.decisions.statuses()
+        ready = c.get("/ready")
+        assert ready.status_code == 200, ready.text
+        out = ready.json()["decisions"]
+        assert out["redis"]["state"] == out["nats"]["state"] == "ok"
+        assert datetime.fromisoformat(out["redis"]["published_bucket"]) == newest
+        assert out["redis"]["destination"] == f"redis://127.0.0.1:{redis_server.port}"
+
+        cells = [x["hex_id"] for x in c.get("/v1/cells", params={"service_type": 1}).json()["cells"]]
+        for hex_id in cells:  # every served cell's key is the API's 30-minute surge
+            api = c.get("/v1/forecast", params={"hex_id": hex_id, "service_type": 1, "horizons": "30"}).json()
+            stored = client.get(f"surge:{hex_id}")
+            if api["forecasts"][0]["surge"] is None:
+                assert stored is None
+            else:
+                body = json.loads(stored)
+                assert body["multiplier"] == api["forecasts"][0]["surge"] and body["horizon_min"] == 30
+                assert body["updated_at"] == int(newest.timestamp())
+        sent = asyncio.run(read_moves(nats_server.port))
+        assert sent, "the tiny city has idle drivers somewhere with a better cell nearby"
+        _, _, first = sent[0]
+        plan = c.get(
+            "/v1/recommendations",
+            params={
+                "hex_id": first["origin"],
+                "service_type": first["service_type"],
+                "drivers": first["origin_idle_drivers"],
+            },
+        ).json()
+        assert [(m["target_hex_id"], m["drivers"]) for m in plan["moves"]] == [
+            (b["target"], b["drivers"])
+            for _, _, b in sent
+            if (b["origin"], b["service_type"]) == (first["origin"], first["service_type"])
+        ]
+
+        state.refresh_features()  # the same bucket read again: nothing new to send
+        assert surge.status().published == 1 and moves.status().published == 1
+
+        redis_server.kill()
+        later = newest + timedelta(minutes=15)
+        write_online_row(home, cells[0], 1, later, row_of=newest)  # the next bucket's online write
+        state.refresh_features()
+        assert moves.wait_published(later, 30), moves.status()
+        deadline = time.monotonic() + 10
+        while surge.status().failures < 1:
+            assert time.monotonic() < deadline, surge.status()
+            time.sleep(0.05)
+        r = c.get("/v1/forecast", params={"hex_id": cells[0], "service_type": 1})
+        assert r.status_code == 200 and datetime.fromisoformat(r.json()["origin"]) == later
+        ready = c.get("/ready")
+        assert ready.status_code == 200, ready.text
+        out = ready.json()["decisions"]
+        assert out["redis"]["state"] == "degraded" and "Connection" in out["redis"]["last_error"]
+        assert datetime.fromisoformat(out["redis"]["pending_bucket"]) == later
+        assert any("decisions to redis failing" in reason for reason in ready.json()["reasons"])
+        values = metric_values(c.get("/metrics").text)
+        assert values[("pulse_decisions_up", (("target", "redis"),))] == 0
+        assert values[("pulse_decisions_up", (("target", "nats"),))] == 1
+        assert values[("pulse_decisions_publish_failures_total", (("target", "redis"),))] >= 1
+        assert values[("pulse_decisions_pending", (("target", "redis"),))] == 1
+        assert values[("pulse_decisions_published_bucket_end_timestamp_seconds", (("target", "nats"),))] == (
+            later.timestamp()
+        )
+
+        services.restart_redis(redis_server)
+        assert surge.wait_published(later, 15), surge.status()
+        assert json.loads(client.get(f"surge:{cells[0]}"))["updated_at"] == int(later.timestamp())
+        assert c.get("/ready").json()["decisions"]["redis"]["state"] == "ok"
+        assert metric_values(c.get("/metrics").text)[("pulse_decisions_up", (("target", "redis"),))] == 1
