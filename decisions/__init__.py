@@ -18,6 +18,7 @@ its features, even when it is the same server.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from decisions.publisher import Publisher, Status, Update
 from pulse.settings import PulseSettings
@@ -39,7 +40,8 @@ class Decisions:
         self.publishers = publishers
 
     @classmethod
-    def from_settings(cls, settings: PulseSettings) -> Decisions | None:
+    def from_settings(cls, settings: PulseSettings, run: Callable[..., Any] | None = None) -> Decisions | None:
+        """The configured publishers; ``run(fn, *args)`` is where batch work (planning the moves) runs."""
         d, serving = settings.decisions, settings.serving
         publishers = []
         redact: Callable[[str], str] = settings.redact
@@ -78,6 +80,7 @@ class Decisions:
                 speed_kmh=serving.driver_speed_kmh,
                 max_k=serving.reposition_max_k,
                 cost_per_min=serving.reposition_cost_per_min,
+                run=run,
             )
             publishers.append(
                 Publisher(

@@ -184,6 +184,11 @@ class View:
         return body
 
 
+def plan_in_background(fn: Callable, *args):
+    """Batch work of the decision publishers (planning every cell's moves) in a lower-priority child process."""
+    return background.call("decisions", fn, *args, timeout=300)
+
+
 def clock_speed(clock: Clock) -> float:
     """How many city seconds pass in a wall second: a live demo's simulated clock, else 1."""
     speed = getattr(getattr(clock, "clock", None), "speed", 1.0)
@@ -219,7 +224,8 @@ class ServingState:
         self.model_reloads = 0
         self.refresh_errors = 0
         self.restore_env: Callable[[], None] = lambda: None
-        self.decisions = Decisions.from_settings(settings)  # None when neither publisher is configured
+        # None when neither publisher is configured; the moves are planned in a background child process.
+        self.decisions = Decisions.from_settings(settings, run=plan_in_background)
         self.decided_bucket: datetime | None = None  # newest feature bucket handed to the publishers
         # One rebuild at a time: the feature refresh and the model poll each read the current view, build on
         # it and publish, so neither drops what the other published meanwhile.
