@@ -112,6 +112,7 @@ class Publisher:
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._attempt_seconds: float | None = None
 
     @property
     def target(self) -> str:
@@ -193,7 +194,6 @@ class Publisher:
             stop=give_up,
             sleep=self._nap,
         )
-        started = time.monotonic()
         try:
             if self._stale(update):
                 self._expire(update)
@@ -218,7 +218,7 @@ class Publisher:
                 last_error=None,
                 failing_since=None,
                 published=self._status.published + 1,
-                last_seconds=time.monotonic() - started,
+                last_seconds=self._attempt_seconds,
                 recovered_seconds=(now - since) if since is not None else self._status.recovered_seconds,
                 items=items,
             )
@@ -233,8 +233,11 @@ class Publisher:
                 log.warning("decisions of bucket %s expired unsent to %s", update.bucket_end, self.target)
 
     def _attempt(self, update: Update) -> int:
+        started = time.monotonic()
         try:
-            return self.send(update)
+            items = self.send(update)
+            self._attempt_seconds = time.monotonic() - started
+            return items
         except Expired:
             raise
         except Exception as err:

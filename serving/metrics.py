@@ -130,6 +130,11 @@ def decisions_metrics(statuses: dict):
         "items": GaugeMetricFamily(
             "pulse_decisions_last_items", "Keys or messages of the last decisions sent.", labels=["target"]
         ),
+        "seconds": GaugeMetricFamily(
+            "pulse_decisions_last_publish_seconds",
+            "Seconds the last successful send took (planning the moves included).",
+            labels=["target"],
+        ),
         "recovered": GaugeMetricFamily(
             "pulse_decisions_recovered_seconds",
             "Last failing stretch: first failure to the next decisions sent.",
@@ -149,6 +154,8 @@ def decisions_metrics(statuses: dict):
             families["bucket"].add_metric([target], s.published_bucket.timestamp())
         if s.items is not None:
             families["items"].add_metric([target], s.items)
+        if s.last_seconds is not None:
+            families["seconds"].add_metric([target], s.last_seconds)
         if s.recovered_seconds is not None:
             families["recovered"].add_metric([target], s.recovered_seconds)
     yield from families.values()
