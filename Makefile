@@ -7,7 +7,7 @@ UV := python3 -m uv
 VENV := .venv/.synced
 
 .PHONY: install system-deps browser demo live test lint format clean check-defs services services-stop bench-serving \
-	bench-forecast bench-pipeline bench-live bench-intake
+	bench-forecast bench-pipeline bench-live bench-intake bench-decisions
 
 $(VENV): pyproject.toml uv.lock
 	$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -106,3 +106,7 @@ bench-live: install
 # SIGKILL x10 and a nats-server restart under load (its own nats-server and folders; bench/results/intake.*).
 bench-intake: install
 	$(UV) run --frozen python -m bench.intake_throughput --write-readme
+# Decisions out under faults (README "Decisions out"): the API on a built tiny city with its own Redis and NATS, a
+# compressed bucket clock, Redis down for a minute during updates; writes bench/results/decisions.{md,json}.
+bench-decisions: install
+	$(UV) run --frozen python -m bench.decisions_faults --write-readme

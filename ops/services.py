@@ -217,7 +217,10 @@ def main(argv: list[str]) -> int:
             f"  export PULSE_SERVERS__MLFLOW_TRACKING_URI=http://127.0.0.1:{ports['mlflow']}\n"
             f"  export PULSE_PG_HOST=127.0.0.1 PULSE_PG_PORT={ports['postgres']} PULSE_PG_USER={PG_USER} "
             "PULSE_PG_PASSWORD= PULSE_PG_DAGSTER_DB=dagster\n"
-            f"  NATS JetStream at nats://127.0.0.1:{ports['nats']} (pulse live --bus nats://127.0.0.1:{ports['nats']})"
+            f"  NATS JetStream at nats://127.0.0.1:{ports['nats']} (pulse live --bus nats://127.0.0.1:{ports['nats']})\n"
+            "Decisions out (surge keys and moves, any profile):\n"
+            f"  export PULSE_DECISIONS__REDIS_URL=redis://127.0.0.1:{ports['redis']}/0 "
+            f"PULSE_DECISIONS__NATS_URL=nats://127.0.0.1:{ports['nats']}"
         )
         return 0
     if argv[:1] == ["stop"]:

@@ -24,6 +24,8 @@ group           fields (``PULSE_<GROUP>__<FIELD>``, e.g. ``PULSE_TRAINING__TRAIN
                 batch_limit, forecast_fast_path
 ``live``        enabled, settle_seconds, latency_budget_seconds, micro_batch_seconds
 ``alerts``      webhook_url (a secret; unset = no alerts), ui_url, repeat_minutes, timeout_seconds
+``decisions``   redis_url, nats_url (secrets; each publisher is off while its address is unset),
+                surge_horizon_min, ttl_buckets, moves_stream, moves_subject, retry_max_seconds, timeout_seconds
 ==============  ========================================================================================
 
 The Dagster resource (``pulse_assets.resources.PulseResource``) exposes ``quality``, ``drift``, ``promotion``
@@ -226,6 +228,25 @@ class AlertSettings(BaseModel):
         return v.rstrip("/")
 
 
+class DecisionsSettings(BaseModel):
+    """Decisions out (README "Decisions out"): each bucket's surge to Redis for the pricing gateway and its
+    repositioning moves to NATS JetStream for dispatch. Each publisher is off while its address is unset; the
+    addresses may carry passwords, so they are secrets like the servers'."""
+
+    redis_url: SecretStr | None = Field(
+        default=None, description="redis://host:port/db (or Feast's host:port[,password=…]) for surge:{h3} keys."
+    )
+    nats_url: SecretStr | None = Field(default=None, description="nats://host:port for the moves (pulse live --bus).")
+    surge_horizon_min: int = Field(
+        default=30, gt=0, description="Horizon whose projected surge is published (nearest served one if not served)."
+    )
+    ttl_buckets: float = Field(default=2.0, gt=0, description="Surge keys expire this many buckets after their update.")
+    moves_stream: str = Field(default="PULSE_MOVES", description="JetStream stream holding the moves.")
+    moves_subject: str = Field(default="pulse.moves", description="Moves go to <this>.<service_type>.")
+    retry_max_seconds: float = Field(default=10.0, gt=0, description="Longest wait between two publish attempts.")
+    timeout_seconds: float = Field(default=2.0, gt=0, description="Connect and per-call timeout of Redis and NATS.")
+
+
 # Each group's model, and the flat name each of its fields had before the grouping (for the error on old names).
 GROUPS: dict[str, type[BaseModel]] = {
     "city": CitySettings,
@@ -237,9 +258,10 @@ GROUPS: dict[str, type[BaseModel]] = {
     "serving": ServingSettings,
     "live": LiveSettings,
     "alerts": AlertSettings,
+    "decisions": DecisionsSettings,
 }
 _OLD_NAMES = {("city", "name"): "city", ("promotion", "wape_tolerance"): "promotion_wape_tolerance"}
-_GROUPED_SINCE_START = {"live", "alerts"}  # groups that never had flat names
+_GROUPED_SINCE_START = {"live", "alerts", "decisions"}  # groups that never had flat names
 
 
 def env_name(group: str, field: str) -> str:
@@ -287,6 +309,7 @@ class PulseSettings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     live: LiveSettings = Field(default_factory=LiveSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    decisions: DecisionsSettings = Field(default_factory=DecisionsSettings)
 
     @field_validator("home")
     @classmethod
@@ -381,7 +404,14 @@ class PulseSettings(BaseSettings):
         if self.alerts.webhook_url is not None and (url := self.alerts.webhook_url.get_secret_value()):
             text = text.replace(url, MASK)
         servers = self.servers
-        for address in (servers.clickhouse_dsn, servers.mlflow_tracking_uri, servers.redis_url):
+        decisions = self.decisions
+        for address in (
+            servers.clickhouse_dsn,
+            servers.mlflow_tracking_uri,
+            servers.redis_url,
+            decisions.redis_url,
+            decisions.nats_url,
+        ):
             for password in (p for pair in _PASSWORD.findall(_revealed(address)) for p in pair if p):
                 text = text.replace(f":{password}@", f":{MASK}@").replace(f"password={password}", f"password={MASK}")
                 if len(password) >= 8:  # also where a client prints it bare; a short one would mask other text

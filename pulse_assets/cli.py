@@ -211,15 +211,28 @@ def live(
     hours: Annotated[float | None, typer.Option(help="Stop after this many city hours (default: Ctrl-C).")] = None,
     bus: Annotated[
         str | None,
-        typer.Option(help="Publish the events to NATS JetStream (nats://host:port) and land them with `pulse intake`."),
+        typer.Option(
+            help="NATS JetStream (nats://host:port): the events go through it (landed by `pulse intake`) and each "
+            "bucket's repositioning moves go to pulse.moves.*."
+        ),
+    ] = None,
+    surge_redis: Annotated[
+        str | None,
+        typer.Option(help="Redis (redis://host:port): each bucket's surge per cell as surge:{h3} keys."),
     ] = None,
 ) -> None:
     """The city after its history, live: the simulator streams micro-batches on a simulated clock, every closed
     15-minute bucket goes through the bucket clock to the online store, and the API, the map and the Dagster UI
-    move with it. Needs the history materialised (`make demo`). With --bus the events go through JetStream."""
+    move with it. Needs the history materialised (`make demo`). With `--bus` the events go through JetStream and
+    the API publishes each bucket's moves there, and its surge to Redis with `--surge-redis` or
+    PULSE_DECISIONS__REDIS_URL (README "Decisions out")."""
     from live import runner
 
     os.environ["PULSE_LIVE__ENABLED"] = "true"  # this process and its children run on the city clock
+    if bus:
+        os.environ["PULSE_DECISIONS__NATS_URL"] = bus
+    if surge_redis:
+        os.environ["PULSE_DECISIONS__REDIS_URL"] = surge_redis
     settings = _settings()
     published = runner.run(settings, speed, api_port, ui_port if ui else None, hours, bus=bus)
     typer.echo(f"{published} bucket(s) published")

@@ -104,6 +104,7 @@ def create_app(settings: PulseSettings | None = None, clock: Callable[[], dateti
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            state.close()
             state.restore_env()
             sys.setswitchinterval(switch_interval)
 

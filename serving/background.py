@@ -90,13 +90,13 @@ class Worker:
 
 
 # Batch work below the requests' priority: the forecast table's explanations take seconds of a core.
-NICENESS = {"table": 10}
+NICENESS = {"table": 10, "decisions": 10}
 _workers: dict[str, Worker] = {}
 _workers_lock = threading.Lock()
 
 
 def call(purpose: str, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
-    """``fn(*args)`` in the child process of ``purpose`` ("features", "registry", "table"): one child per
+    """``fn(*args)`` in the child process of ``purpose`` ("features", "registry", "table", "decisions"): one child per
     purpose, so a slow registry (MLflow's first import, a hanging server) never delays the online store read."""
     with _workers_lock:
         worker = _workers.get(purpose)

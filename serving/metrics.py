@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from pulse.settings import PulseSettings
@@ -56,6 +56,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "pulse_feature_refresh_errors", "Failed online store reads since start.", value=state.refresh_errors
         )
+        yield from decisions_metrics(state.decisions.statuses() if state.decisions is not None else {})
 
     def bucket_update(self):
         """The last bucket update (``live/status.json``), nothing without one."""
@@ -91,6 +92,73 @@ class StateCollector(Collector):
                 "End of the last published bucket (city time, unix seconds).",
                 value=self.published_end,
             )
+
+
+def decisions_metrics(statuses: dict):
+    """Per decision publisher (``target``: redis, nats): up, pending, counters and the last bucket sent."""
+    if not statuses:
+        return
+    families = {
+        "up": GaugeMetricFamily(
+            "pulse_decisions_up", "1 unless the last attempt to send decisions failed.", labels=["target"]
+        ),
+        "pending": GaugeMetricFamily(
+            "pulse_decisions_pending", "1 while a newer bucket's decisions wait to be sent.", labels=["target"]
+        ),
+        "failures": CounterMetricFamily(
+            "pulse_decisions_publish_failures", "Failed attempts to send decisions.", labels=["target"]
+        ),
+        "published": CounterMetricFamily(
+            "pulse_decisions_published", "Bucket updates whose decisions were sent.", labels=["target"]
+        ),
+        "expired": CounterMetricFamily(
+            "pulse_decisions_expired", "Bucket updates dropped unsent after their TTL.", labels=["target"]
+        ),
+        "superseded": CounterMetricFamily(
+            "pulse_decisions_superseded", "Bucket updates never sent because a newer one came first.", labels=["target"]
+        ),
+        "published_at": GaugeMetricFamily(
+            "pulse_decisions_last_published_timestamp_seconds",
+            "Wall time the last decisions were sent (unix seconds).",
+            labels=["target"],
+        ),
+        "bucket": GaugeMetricFamily(
+            "pulse_decisions_published_bucket_end_timestamp_seconds",
+            "Origin (bucket end, city clock) of the last decisions sent (unix seconds).",
+            labels=["target"],
+        ),
+        "items": GaugeMetricFamily(
+            "pulse_decisions_last_items", "Keys or messages of the last decisions sent.", labels=["target"]
+        ),
+        "seconds": GaugeMetricFamily(
+            "pulse_decisions_last_publish_seconds",
+            "Seconds the last successful send took (planning the moves included).",
+            labels=["target"],
+        ),
+        "recovered": GaugeMetricFamily(
+            "pulse_decisions_recovered_seconds",
+            "Last failing stretch: first failure to the next decisions sent.",
+            labels=["target"],
+        ),
+    }
+    for target, s in statuses.items():
+        families["up"].add_metric([target], 0 if s.last_error else 1)
+        families["pending"].add_metric([target], 1 if s.pending_bucket is not None else 0)
+        families["failures"].add_metric([target], s.failures)
+        families["published"].add_metric([target], s.published)
+        families["expired"].add_metric([target], s.expired)
+        families["superseded"].add_metric([target], s.superseded)
+        if s.published_at is not None:
+            families["published_at"].add_metric([target], s.published_at)
+        if s.published_bucket is not None:
+            families["bucket"].add_metric([target], s.published_bucket.timestamp())
+        if s.items is not None:
+            families["items"].add_metric([target], s.items)
+        if s.last_seconds is not None:
+            families["seconds"].add_metric([target], s.last_seconds)
+        if s.recovered_seconds is not None:
+            families["recovered"].add_metric([target], s.recovered_seconds)
+    yield from families.values()
 
 
 class Metrics:

@@ -179,6 +179,22 @@ class BucketUpdate(BaseModel):
     quarantined_rows: int | None = Field(description="Rows the update quarantined.")
 
 
+class DecisionsOut(BaseModel):
+    target: str = Field(description="redis (surge keys) or nats (moves on JetStream).")
+    destination: str = Field(description="The server's address, without credentials.")
+    state: str = Field(description="ok, degraded (failing now, retrying) or idle (nothing sent yet).")
+    published_bucket: datetime | None = Field(description="Origin (bucket end, UTC) of the last decisions sent.")
+    published_at: datetime | None = Field(description="Wall time they were sent (UTC).")
+    pending_bucket: datetime | None = Field(description="A newer bucket waiting to be sent (retried while failing).")
+    last_error: str | None = Field(description="Why the last attempt failed; null once one succeeds.")
+    failing_since: datetime | None = Field(description="Wall time of the first failure of the current stretch.")
+    failures: int = Field(description="Failed attempts since start.")
+    published: int = Field(description="Updates sent since start.")
+    superseded: int = Field(description="Updates never sent because a newer bucket came first.")
+    expired: int = Field(description="Updates dropped unsent because they outlived their TTL (two buckets).")
+    items: int | None = Field(description="Keys written or messages acknowledged for the last update sent.")
+
+
 class Ready(BaseModel):
     ready: bool = Field(description="Model loaded and online features readable and fresh.")
     model_version: str | None
@@ -196,4 +212,9 @@ class Ready(BaseModel):
     feature_lag_seconds: float | None = Field(description="now minus newest_feature_ts.")
     bucket_update: BucketUpdate | None = Field(
         description="The last bucket update (PULSE_HOME/live/status.json); null without a bucket updater."
+    )
+    decisions: dict[str, DecisionsOut] = Field(
+        default_factory=dict,
+        description="Each configured decision publisher (surge to Redis, moves to JetStream); a degraded one "
+        "adds a reason but never makes the server unready.",
     )

@@ -11,6 +11,9 @@ half of an update and never waits for one, and every answer names the model vers
   gets the climatology fallback, and ``/ready`` says why from the first failure on.
 * Table: the model's forecasts and explanations of every served cell are made in a child process at a lower
   priority (:mod:`serving.model_process`), then the view is built around them and published.
+* Decisions: when a published view is the first to serve a newer feature bucket, its table is handed to the
+  surge (Redis) and moves (JetStream) publishers (:mod:`decisions`), which send it from their own threads;
+  ``/ready`` and ``/metrics`` show their state, and a failing one never makes the server unready.
 * Model: every ``model_poll_seconds`` the version behind ``@champion`` (asked in the child process too) is
   compared with the served one; a new version is loaded and forecast in the background, then swapped in. A
   failing registry keeps the loaded model. At start, a failing registry means the last good champion from
@@ -29,11 +32,12 @@ from datetime import datetime
 import h3
 import numpy as np
 
+from decisions import Decisions, Update
 from pulse.forecasts.forecast_table import CellForecast, ForecastTable, build_table, reference_time
 from pulse.lifecycle import champion
 from pulse.lifecycle.registry import LoadedModel
 from pulse.model.climatology import Climatology
-from pulse.settings import PulseSettings
+from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.online_snapshot import FeatureSnapshot, read_online_features
 from serving import background, model_process, schemas
 
@@ -180,6 +184,17 @@ class View:
         return body
 
 
+def plan_in_background(fn: Callable, *args):
+    """Batch work of the decision publishers (planning every cell's moves) in a lower-priority child process."""
+    return background.call("decisions", fn, *args, timeout=300)
+
+
+def clock_speed(clock: Clock) -> float:
+    """How many city seconds pass in a wall second: a live demo's simulated clock, else 1."""
+    speed = getattr(getattr(clock, "clock", None), "speed", 1.0)
+    return float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
+
+
 def entities_of(model: LoadedModel | None, climatology: Climatology) -> list[tuple[str, int]]:
     """The (cell, service type) pairs served: the model's, or the climatology's without a model."""
     if model is not None:
@@ -209,6 +224,9 @@ class ServingState:
         self.model_reloads = 0
         self.refresh_errors = 0
         self.restore_env: Callable[[], None] = lambda: None
+        # None when neither publisher is configured; the moves are planned in a background child process.
+        self.decisions = Decisions.from_settings(settings, run=plan_in_background)
+        self.decided_bucket: datetime | None = None  # newest feature bucket handed to the publishers
         # One rebuild at a time: the feature refresh and the model poll each read the current view, build on
         # it and publish, so neither drops what the other published meanwhile.
         self._lock = threading.Lock()
@@ -344,6 +362,31 @@ class ServingState:
         if view is not None:
             new.answer_as(view)
         self.view = new  # the one assignment readers see
+        self._decide(new)
+
+    def _decide(self, view: View) -> None:
+        """Hand ``view``'s table to the decision publishers when it is the first view of a newer feature bucket
+        (never blocks: the publishers only keep it); a view whose every cell is degraded sends nothing."""
+        if self.decisions is None or view.features is None or view.table.reason_all or view.table.model_error:
+            return
+        newest = view.features.newest
+        if newest is None or (self.decided_bucket is not None and newest <= self.decided_bucket):
+            return
+        self.decided_bucket = newest
+        self.decisions.submit(
+            Update(
+                bucket_end=newest,
+                table=view.table,
+                model_version=view.model_version,
+                submitted_at=time.time(),
+                bucket_wall_seconds=BUCKET_MINUTES * 60 / clock_speed(self.clock),
+            )
+        )
+
+    def close(self) -> None:
+        """Stop the decision publishers (the server is shutting down)."""
+        if self.decisions is not None:
+            self.decisions.close()
 
     def describe(self, err: Exception) -> str:
         """``Type: message`` of a failure with the passwords of server addresses masked (clients such as
@@ -378,6 +421,12 @@ class ServingState:
             reasons.append(f"{view.table.degraded} cells degraded (missing or stale features)")
         if self.registry_error and model is not None:
             reasons.append(f"{self.registry_error}; the loaded model keeps serving")
+        for target, status in (self.decisions.statuses() if self.decisions else {}).items():
+            if status.last_error:  # the forecasts are unaffected: ready stays as it is
+                reasons.append(
+                    f"decisions to {target} failing ({status.last_error}); retrying, the newest bucket is sent "
+                    "when it answers"
+                )
         return ready, reasons
 
     def newest_feature_ts(self) -> datetime | None:

@@ -34,6 +34,7 @@ FORBIDDEN = (
     "serving",
     "live",
     "intake",
+    "decisions",
     "expectations",
     "bench",
     "ops",

@@ -70,8 +70,8 @@ def test_old_flat_variables_are_refused_with_their_new_names(clean_env, monkeypa
 def test_every_field_has_one_variable_and_one_old_name():
     names = [env_name(group, field) for group, model in GROUPS.items() for field in model.model_fields]
     assert len(names) == len(set(names))
-    # every grouped variable of the flat era has exactly one old name; the live and alerts groups never had flat names
-    old_era = [n for n in names if not n.startswith(("PULSE_LIVE__", "PULSE_ALERTS__"))]
+    # every grouped variable of the flat era has exactly one old name; live, alerts and decisions never had flat names
+    old_era = [n for n in names if not n.startswith(("PULSE_LIVE__", "PULSE_ALERTS__", "PULSE_DECISIONS__"))]
     assert sorted(renamed_variables().values()) == sorted(old_era)
     assert "PULSE_SETTLE_SECONDS" not in renamed_variables()
     assert renamed_variables()["PULSE_PROMOTION_WAPE_TOLERANCE"] == "PULSE_PROMOTION__WAPE_TOLERANCE"

@@ -1,5 +1,7 @@
 """/health (process up), /ready (model and fresh features loaded) and /metrics (Prometheus): open to all."""
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -60,8 +62,36 @@ async def ready(request: Request) -> JSONResponse:
         newest_feature_ts=newest,
         feature_lag_seconds=None if newest is None else (now - newest).total_seconds(),
         bucket_update=update,
+        decisions=decisions_out(state),
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
+
+
+def decisions_out(state) -> dict[str, schemas.DecisionsOut]:
+    if state.decisions is None:
+        return {}
+
+    def wall(t: float | None) -> datetime | None:
+        return None if t is None else datetime.fromtimestamp(t, UTC)
+
+    return {
+        target: schemas.DecisionsOut(
+            target=target,
+            destination=s.destination,
+            state=s.state,
+            published_bucket=s.published_bucket,
+            published_at=wall(s.published_at),
+            pending_bucket=s.pending_bucket,
+            last_error=s.last_error,
+            failing_since=wall(s.failing_since),
+            failures=s.failures,
+            published=s.published,
+            superseded=s.superseded,
+            expired=s.expired,
+            items=s.items,
+        )
+        for target, s in state.decisions.statuses().items()
+    }
 
 
 def bucket_update(request: Request) -> schemas.BucketUpdate | None:
