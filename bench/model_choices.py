@@ -1,17 +1,15 @@
 """The model choices of README "Forecast quality", by backtest: training window, calibration, quiet cells.
 
     .venv/bin/python -m bench.model_choices --home HOME --start DAY --end DAY [--train-days 14,21,all]
-        [--calibration-share 0.5] [--dispersion growth,levels] [--quiet] [--name NAME]
+        [--calibration-share 0.5] [--quiet] [--name NAME]
 
 Runs ``pulse.lifecycle.backtest.run_backtest`` in process on a built city (``PULSE_HOME`` = ``--home``) once per
-(training days, calibration share, dispersion) triple and records, per horizon, the model's WAPE, the 4-week
-climatology's on the same rows and the model's randomised-PIT coverage of [p10, p90], for every cell and for the
-busy and quiet cells apart. ``--quiet`` also compares, on the quiet cells of the first pair's backtest, the quiet
-model with the boosters (with their own α fitted on the same quiet calibration rows) and the climatology: mean log
-score, quantile loss, PIT coverage, forecast / actual demand and, on a simulated city, the mean absolute error of μ
-against the true expected demand. ``--dispersion levels`` fits the dispersion without its growth with the city's
-surprise (α per level of μ only), ``growth`` is the product's. Results are appended to
-``bench/results/model_choices.json``.
+(training days, calibration share) pair and records, per horizon, the model's WAPE, the 4-week climatology's on
+the same rows and the model's randomised-PIT coverage of [p10, p90], for every cell and for the busy and quiet
+cells apart. ``--quiet`` also compares, on the quiet cells of the first pair's backtest, the quiet model with
+the boosters (with their own α fitted on the same quiet calibration rows) and the climatology: mean log score,
+quantile loss, PIT coverage, forecast / actual demand and, on a simulated city, the mean absolute error of μ
+against the true expected demand. Results are appended to ``bench/results/model_choices.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import argparse
 import json
 import os
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -131,25 +128,6 @@ def quiet_comparison(run, truth_path: Path | None) -> dict:
     return out
 
 
-@contextmanager
-def dispersion(kind: str):
-    """The dispersion fit of ``kind``: ``growth`` (the product's) or ``levels`` (no growth with surprise)."""
-    from pulse.model import forecaster
-
-    product = forecaster.fit_dispersion
-    if kind == "levels":
-        forecaster.fit_dispersion = lambda actual, mean, surprises: (
-            *forecaster.fit_level_dispersion(actual, mean),
-            0.0,
-        )
-    elif kind != "growth":
-        raise SystemExit(f"unknown dispersion {kind!r} (growth, levels)")
-    try:
-        yield
-    finally:
-        forecaster.fit_dispersion = product
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", type=Path, required=True)
@@ -157,7 +135,6 @@ def main() -> None:
     ap.add_argument("--end", required=True, help="Last day, inclusive")
     ap.add_argument("--train-days", default="21", help="Comma-separated; 'all' = every day before --start")
     ap.add_argument("--calibration-share", default="0.5", help="Comma-separated")
-    ap.add_argument("--dispersion", default="growth", help="Comma-separated: growth (the product's), levels")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--name", default="")
     args = ap.parse_args()
@@ -170,14 +147,8 @@ def main() -> None:
     start, end = day(args.start), day(args.end, end=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     first = True
-    combos = [
-        (cal, td, disp)
-        for cal in [float(x) for x in args.calibration_share.split(",")]
-        for td in args.train_days.split(",")
-        for disp in args.dispersion.split(",")
-    ]
-    for cal, td, disp in combos:
-        with dispersion(disp):
+    for cal in [float(x) for x in args.calibration_share.split(",")]:
+        for td in args.train_days.split(","):
             settings = PulseSettings(home=home, training={"calibration_share": cal})
             train_days = ALL_DAYS if td == "all" else int(td)
             with duckdb.connect(str(settings.warehouse_path), read_only=True) as con:

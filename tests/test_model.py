@@ -10,7 +10,6 @@ from pulse.model.forecaster import (
     DemandForecaster,
     count_quantiles,
     design_matrix,
-    fit_dispersion,
     fit_level_dispersion,
     fit_quiet_prior,
     level_of,
@@ -18,7 +17,6 @@ from pulse.model.forecaster import (
     nb_loglik,
     quiet_mean,
     randomized_pit,
-    surprise,
     target_bucket,
 )
 
@@ -233,35 +231,3 @@ def test_calibration_gives_calibrated_intervals_on_data_from_a_known_distributio
     too_narrow = shares(narrow, *test)
     assert not all(calibrated(s) for s in too_narrow.values()), too_narrow
     assert all(too_narrow[mu] < 0.75 for mu in (3.0, 12.0, 40.0)), too_narrow  # μ = 0.4: p10 = 0 either way
-
-
-def test_dispersion_grows_with_the_surprise_of_the_feature_row():
-    """Counts whose dispersion grows with the city's surprise (α = 0.02 + 0.15·s, known): the fitted growth
-    and levels give randomised-PIT coverage 0.80 on a fresh sample both where the city is as usual and where it
-    is far from it; levels alone (no growth) leave the surprised rows' intervals too narrow. The surprise is
-    read from the feature row: last hour's requests against the pooled usual demand of the next bucket."""
-    rng = np.random.default_rng(12)
-    n = 40_000
-    usual = np.full(n, 10.0)  # requests a bucket, as the smoothed lookbacks know it
-    recent = 4 * usual * np.exp(rng.choice([0.0, 1.5], n) * rng.choice([-1.0, 1.0], n))
-    rows = pd.DataFrame({"requests_sum_1h": recent, "tow_smooth_4w_ahead_1": usual, "tod_smooth_7d_ahead_1": usual})
-    s = surprise(rows)
-    np.testing.assert_allclose(s, np.abs(np.log((recent + 1) / (4 * usual + 1))))
-    assert surprise(rows.assign(tow_smooth_4w_ahead_1=np.nan, tod_smooth_7d_ahead_1=np.nan)).max() == 0.0
-    mean = np.full(n, 20.0)
-    true_alpha = 0.02 + 0.15 * s
-
-    def sample():
-        n_ = 1 / true_alpha
-        return rng.negative_binomial(n_, n_ / (n_ + mean)).astype(float)
-
-    _, levels, growth = fit_dispersion(sample(), mean, s)
-    assert 0.1 < growth < 0.2, growth
-    test = sample()
-    fitted = np.asarray(levels)[level_of(mean)] + growth * s
-    u = randomized_pit(test, mean, fitted, seed=4)
-    for group in (s < 0.5, s > 1.0):
-        assert calibrated(pit_share(u[group])), pit_share(u[group])
-    _, flat = fit_level_dispersion(sample(), mean)
-    u_flat = randomized_pit(test, mean, np.asarray(flat)[level_of(mean)], seed=4)
-    assert pit_share(u_flat[s > 1.0]) < 0.75, pit_share(u_flat[s > 1.0])

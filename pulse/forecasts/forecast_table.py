@@ -215,7 +215,7 @@ def model_forecasts(
 
     def horizon(h: int) -> tuple:
         mu = forecaster.mean(fresh, h, num_threads=1)
-        alpha = forecaster.alphas(mu, h, quiet, fresh)
+        alpha = forecaster.alphas(mu, h, quiet)
         quantiles = [count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)]
         surge = surge_multipliers(mu, supply, elasticity)
         # Explanations are the boosters' contributions: busy cells only.

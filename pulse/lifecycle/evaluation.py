@@ -107,7 +107,7 @@ def forecast_window(
         features.loc[~inside, f"target_{h}"] = np.nan
         part, quiet = features[inside], quiet_all[inside]
         mu = forecaster.mean(part, h)
-        alpha = forecaster.alphas(mu, h, quiet, part)
+        alpha = forecaster.alphas(mu, h, quiet)
         model_rows = export_rows(part, h, *(count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)))
         frames[MODEL].append(model_rows.assign(source=np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)))
         for name in baseline_names:

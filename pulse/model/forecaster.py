@@ -1,21 +1,14 @@
 """The forecast model: one LightGBM booster per horizon and a calibrated count distribution around its mean.
 
 Each booster has a Poisson objective and predicts the mean demand μ of the target bucket
-[origin + h − 15 min, origin + h). Around μ sits a negative binomial (Var = μ + αμ²) whose dispersion is
-fitted by maximum likelihood per horizon on out-of-sample errors: a dispersion booster, trained only on the
-part of the window before the calibration stretch (its second half), forecasts that stretch, and α is fitted
-on its errors there; the served booster then trains on the whole window. A stretch of weeks holds the
-holidays, storms and ordinary days a city has; two days before a backtest held whatever those two days were,
-and real cities' intervals came out too narrow or too wide by their luck. α has two parts:
-
-* a level part per level of μ: where the mean is small the remaining uncertainty is mostly Poisson noise,
-  where it is large the error of μ itself dominates, so one α for all levels makes intervals too wide for
-  quiet cells and too narrow for busy ones;
-* a part that grows with the city's surprise now, s = |log((requests of the last hour + 1) / (4 × the usual
-  demand of the next bucket + 1))|, the usual demand being the smoothed time-of-week and time-of-day means
-  (what the quiet model reads): α = α_level + growth · s. When the city is far from its usual level (a
-  holiday, a storm, a thaw) the model's errors grow, and the intervals with them, from the feature row alone.
-
+[origin + h − 15 min, origin + h). Around μ sits a negative binomial (Var = μ + αμ²) whose dispersion α is
+fitted by maximum likelihood per horizon and per level of μ on out-of-sample errors: a dispersion booster,
+trained only on the part of the window before the calibration stretch (its second half), forecasts that
+stretch, and α is fitted on its errors there; the served booster then trains on the whole window. A stretch of
+months holds the holidays, storms and ordinary days a city has; two days before a backtest held whatever those
+two days were, and real cities' intervals came out too narrow or too wide by their luck. Per level: where the
+mean is small the remaining uncertainty is mostly Poisson noise, where it is large the error of μ itself
+dominates, so one α for all levels makes intervals too wide for quiet cells and too narrow for busy ones.
 p10/p50/p90 are the distribution's quantiles; p50 is its median, the forecast that minimises absolute error
 (what WAPE scores).
 
@@ -137,16 +130,13 @@ def fit_quiet_prior(features: pd.DataFrame, actual: np.ndarray, horizon_min: int
     return m, float(best)
 
 
-def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float | np.ndarray) -> float:
-    """Log-likelihood of counts under NB(μ, α) (Poisson where α ≈ 0); ``alpha`` may be one value or per row."""
+def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float) -> float:
+    """Log-likelihood of counts under NB(μ, α) (Poisson at α = 0)."""
     y, mu = np.asarray(actual, float), np.clip(np.asarray(mean, float), 1e-9, None)
-    a = np.broadcast_to(np.asarray(alpha, float), y.shape)
-    poisson = a < 1e-8
-    total = float(np.sum(stats.poisson.logpmf(y[poisson], mu[poisson]))) if poisson.any() else 0.0
-    if poisson.all():
-        return total
-    y, mu, n = y[~poisson], mu[~poisson], 1.0 / a[~poisson]
-    return total + float(
+    if alpha < 1e-8:
+        return float(np.sum(stats.poisson.logpmf(y, mu)))
+    n = 1.0 / alpha
+    return float(
         np.sum(
             special.gammaln(y + n)
             - special.gammaln(n)
@@ -157,77 +147,31 @@ def nb_loglik(actual: np.ndarray, mean: np.ndarray, alpha: float | np.ndarray) -
     )
 
 
-def nb_dispersion_mle(actual: np.ndarray, mean: np.ndarray, offset: float | np.ndarray = 0.0) -> float:
-    """Maximum-likelihood α ≥ 0 for fixed means, the rows' dispersion being α + ``offset``; 0 when the counts
-    are no more spread than that offset (or Poisson) says."""
+def nb_dispersion_mle(actual: np.ndarray, mean: np.ndarray) -> float:
+    """Maximum-likelihood α for fixed means; 0 when the counts are no more spread than Poisson."""
     y, mu = np.asarray(actual, float), np.asarray(mean, float)
     if len(y) == 0:
         return 0.0
     res = optimize.minimize_scalar(
-        lambda log_a: -nb_loglik(y, mu, float(np.exp(log_a)) + offset),
-        bounds=(np.log(1e-6), np.log(20.0)),
-        method="bounded",
+        lambda log_a: -nb_loglik(y, mu, float(np.exp(log_a))), bounds=(np.log(1e-6), np.log(20.0)), method="bounded"
     )
     alpha = float(np.exp(res.x))
-    return alpha if nb_loglik(y, mu, alpha + offset) > nb_loglik(y, mu, offset) else 0.0
-
-
-def surprise(features: pd.DataFrame) -> np.ndarray:
-    """How far the city is from its usual level now, per feature row: |log((requests of the last hour + 1) /
-    (4 × usual demand of the next bucket + 1))|, usual being the pooled smoothed lookbacks (:func:`quiet_mean`);
-    0 where a row has no lookback to compare with (a new city's first days)."""
-    usual = quiet_mean(features, BUCKET_MINUTES)
-    has_usual = np.zeros(len(features), bool)
-    for prefix, _ in QUIET_LOOKBACKS:
-        if f"{prefix}1" in features:
-            has_usual |= np.isfinite(pd.to_numeric(features[f"{prefix}1"], errors="coerce").to_numpy(float))
-    recent = pd.to_numeric(features["requests_sum_1h"], errors="coerce").fillna(0).to_numpy(float)
-    return np.where(has_usual, np.abs(np.log((recent + 1.0) / (4.0 * usual + 1.0))), 0.0)
-
-
-def fit_dispersion(actual: np.ndarray, mean: np.ndarray, surprises: np.ndarray) -> tuple[float, list[float], float]:
-    """α = α_level + growth · surprise by maximum likelihood: (α overall, α per level, growth). Coordinate
-    ascent: levels with no growth, the growth given the levels, then the levels again given the growth."""
-    actual, mean, surprises = (np.asarray(v, float) for v in (actual, mean, surprises))
-    overall, levels = fit_level_dispersion(actual, mean)
-    growth = 0.0
-    for _ in range(2):
-        base = np.asarray(levels)[level_of(mean)]
-        growth = _growth_mle(actual, mean, base, surprises)
-        overall, levels = fit_level_dispersion(actual, mean, growth * surprises)
-    return overall, levels, growth
-
-
-def _growth_mle(actual: np.ndarray, mean: np.ndarray, base: np.ndarray, surprises: np.ndarray) -> float:
-    if len(actual) == 0 or not np.any(surprises > 0):
-        return 0.0
-    res = optimize.minimize_scalar(
-        lambda log_g: -nb_loglik(actual, mean, base + float(np.exp(log_g)) * surprises),
-        bounds=(np.log(1e-6), np.log(5.0)),
-        method="bounded",
-    )
-    growth = float(np.exp(res.x))
-    return growth if nb_loglik(actual, mean, base + growth * surprises) > nb_loglik(actual, mean, base) else 0.0
+    return alpha if nb_loglik(y, mu, alpha) > nb_loglik(y, mu, 0.0) else 0.0
 
 
 def level_of(mean: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(LEVEL_EDGES), np.asarray(mean, float), side="right")
 
 
-def fit_level_dispersion(
-    actual: np.ndarray, mean: np.ndarray, offset: np.ndarray | float = 0.0
-) -> tuple[float, list[float]]:
-    """α overall and per level of μ (levels with too few rows take the overall α), on top of a per-row
-    ``offset`` of dispersion."""
+def fit_level_dispersion(actual: np.ndarray, mean: np.ndarray) -> tuple[float, list[float]]:
+    """α overall and per level of μ (levels with too few rows take the overall α)."""
     actual, mean = np.asarray(actual, float), np.asarray(mean, float)
-    offset = np.broadcast_to(np.asarray(offset, float), actual.shape)
-    overall = nb_dispersion_mle(actual, mean, offset)
+    overall = nb_dispersion_mle(actual, mean)
     levels = level_of(mean)
     alphas = []
     for lv in range(len(LEVEL_EDGES) + 1):
         rows = levels == lv
-        enough = rows.sum() >= MIN_LEVEL_ROWS
-        alphas.append(nb_dispersion_mle(actual[rows], mean[rows], offset[rows]) if enough else overall)
+        alphas.append(nb_dispersion_mle(actual[rows], mean[rows]) if rows.sum() >= MIN_LEVEL_ROWS else overall)
     return overall, alphas
 
 
@@ -269,10 +213,8 @@ class DemandForecaster:
     boosters: dict[int, lgb.Booster] = field(default_factory=dict)
     # α per horizon over all levels (what a caller holding only μ and one α uses) ...
     dispersion: dict[int, float] = field(default_factory=dict)
-    # ... and per level of μ (LEVEL_EDGES), what ``quantiles`` and ``predict`` use, plus the growth of α with
-    # the city's surprise where the caller passes the feature rows.
+    # ... and per level of μ (LEVEL_EDGES), what ``quantiles`` and ``predict`` use.
     level_dispersion: dict[int, list[float]] = field(default_factory=dict)
-    dispersion_growth: dict[int, float] = field(default_factory=dict)
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     num_rounds: int = NUM_ROUNDS
     # The busy cells and service types the boosters were trained on ...
@@ -312,9 +254,7 @@ class DemandForecaster:
             before_valid = self._train(train[before], h, seed)
             mu = before_valid.predict(design_matrix(valid[vrows], h))
             actual = valid.loc[vrows, f"target_{h}"].to_numpy(float)
-            self.dispersion[h], self.level_dispersion[h], self.dispersion_growth[h] = fit_dispersion(
-                actual, mu, surprise(valid[vrows])
-            )
+            self.dispersion[h], self.level_dispersion[h] = fit_level_dispersion(actual, mu)
             # train may hold nothing after the stretch's start (then the booster before it is the served one)
             self.boosters[h] = before_valid if before.sum() == rows.sum() else self._train(train[rows], h, seed)
             self.quiet_dispersion[h], self.quiet_prior[h] = 0.0, (0.0, 0.0)
@@ -360,30 +300,17 @@ class DemandForecaster:
         """The quiet model's μ of horizon ``h`` for every feature row, whatever its cell."""
         return quiet_mean(features, h, self.quiet_prior.get(h, (0.0, 0.0)))
 
-    def alphas(
-        self, mean: np.ndarray, h: int, quiet: np.ndarray | None = None, features: pd.DataFrame | None = None
-    ) -> np.ndarray:
-        """Dispersion per row: the α of the level of its μ, plus its growth with the surprise of ``features``
-        (the rows of ``mean``; without them, none), or the quiet model's α where ``quiet``."""
+    def alphas(self, mean: np.ndarray, h: int, quiet: np.ndarray | None = None) -> np.ndarray:
+        """Dispersion per row: the α of the level of its μ, or the quiet model's α where ``quiet``."""
         levels = self.level_dispersion.get(h)
         out = np.full(len(mean), self.dispersion[h]) if not levels else np.asarray(levels)[level_of(mean)]
-        growth = self.dispersion_growth.get(h, 0.0)
-        if features is not None and growth > 0:
-            out = out + growth * surprise(features)
         if quiet is not None and np.any(quiet):
             out = np.where(quiet, self.quiet_dispersion.get(h, 0.0), out)
         return out
 
-    def quantiles(
-        self,
-        mean: np.ndarray,
-        h: int,
-        q: float,
-        quiet: np.ndarray | None = None,
-        features: pd.DataFrame | None = None,
-    ) -> np.ndarray:
+    def quantiles(self, mean: np.ndarray, h: int, q: float, quiet: np.ndarray | None = None) -> np.ndarray:
         """q-quantile of the calibrated predictive distribution around ``mean`` for horizon ``h``."""
-        return count_quantiles(mean, self.alphas(mean, h, quiet, features), q)
+        return count_quantiles(mean, self.alphas(mean, h, quiet), q)
 
     def predict(self, features: pd.DataFrame, horizons: list[int] | None = None) -> pd.DataFrame:
         """One row per input row and horizon: row (index into ``features``), horizon_min, mean, p10, p50, p90,
@@ -393,7 +320,7 @@ class DemandForecaster:
         source = np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)
         for h in horizons or self.horizons:
             mu = self.mean(features, h)
-            a = self.alphas(mu, h, quiet, features)
+            a = self.alphas(mu, h, quiet)
             out.append(
                 pd.DataFrame(
                     {
@@ -418,7 +345,6 @@ class DemandForecaster:
             "dispersion": {str(h): a for h, a in self.dispersion.items()},
             "level_edges": list(LEVEL_EDGES),
             "level_dispersion": {str(h): a for h, a in self.level_dispersion.items()},
-            "dispersion_growth": {str(h): g for h, g in self.dispersion_growth.items()},
             "params": self.params,
             "num_rounds": self.num_rounds,
             "feature_names": self.feature_names,
@@ -443,7 +369,6 @@ class DemandForecaster:
             boosters={h: lgb.Booster(model_file=str(path / f"horizon_{h}.txt")) for h in horizons},
             dispersion={int(h): float(a) for h, a in meta["dispersion"].items()},
             level_dispersion=levels,
-            dispersion_growth={int(h): float(g) for h, g in meta.get("dispersion_growth", {}).items()},
             params=meta["params"],
             num_rounds=meta["num_rounds"],
             cells=list(meta["cells"]),
