@@ -9,7 +9,10 @@ The window [start, holdout start) trains the model; the last ``holdout_days`` ho
 * fit:         every origin whose targets end before the holdout: the served boosters learn here;
 * calibration: the window's last ``calibration_share`` (half): a dispersion booster trained on the origins before
   it forecasts it, and the dispersion of the predictive distribution is fitted on those out-of-sample errors
-  (``pulse.model.forecaster``); its rows are also fit rows of the served boosters;
+  (``pulse.model.forecaster``); its rows are also fit rows of the served boosters. A window shorter than
+  ``CROSS_FIT_MIN_DAYS`` (a city with a few weeks) is calibrated on its last two days (at most a quarter) by the
+  served boosters, trained before them: half of three weeks would train a weaker booster than the served one,
+  whose errors would make the intervals too wide and (the median of a wider distribution) the p50 too low;
 * holdout:     the finished model and the baselines forecast every active cell and origin and are scored there
   (``pulse.lifecycle.evaluation``, the code of a backtest), the figures promotion compares.
 
@@ -47,6 +50,10 @@ DAY = timedelta(days=1)
 # Level-weighted sampling: a row's chance is proportional to (its series' mean requests per bucket + this).
 SAMPLING_FLOOR = 0.5
 MAX_CALIBRATION_ROWS = 150_000
+# A window shorter than this leaves too little before its second half for a dispersion booster of the same kind
+# as the served one (the 4-week lookbacks alone need four weeks): it is calibrated on its last days instead.
+CROSS_FIT_MIN_DAYS = 28
+SHORT_CALIBRATION = timedelta(days=2)
 
 
 @dataclass
@@ -163,14 +170,20 @@ def fit_forecaster(
     end: datetime,
     num_rounds: int | None = None,
 ) -> FitResult:
-    """Train a forecaster on data in [start, end) only: active cells and levels from that window, boosters on
-    every origin whose targets end before ``end``, dispersion on the calibration stretch (the window's end) from
-    the errors of a booster trained before it."""
+    """Train a forecaster on data in [start, end) only: active cells and levels from that window, dispersion on the
+    calibration stretch (the window's end) from the errors of a booster trained before it, served boosters on every
+    origin whose targets end before ``end`` (a short window: before the stretch)."""
     horizons = list(settings.city.horizons)
     span = end - start
     if span < DAY:
         raise ValueError(f"only {span} of data in {start}..{end}: need at least one day to train")
-    calibration_start = start + ((span * (1 - settings.training.calibration_share)) // BUCKET) * BUCKET
+    last_h = timedelta(minutes=max(horizons))
+    if span >= timedelta(days=CROSS_FIT_MIN_DAYS):
+        calibration_start = start + ((span * (1 - settings.training.calibration_share)) // BUCKET) * BUCKET
+        fit_end = end - last_h  # the served boosters learn the whole window
+    else:  # the last two days (at most a quarter), forecast by the served boosters trained before them
+        calibration_start = end - min(SHORT_CALIBRATION, span / 4)
+        fit_end = calibration_start - last_h
     cells, seen, share = active_cells(con, settings, start, end)
     if not cells:
         raise ValueError(
@@ -178,14 +191,13 @@ def fit_forecaster(
             f"requests a day (PULSE_TRAINING__MIN_CELL_DAILY_REQUESTS)"
         )
     quiet = sorted(set(city_cells(con, end)) - set(cells))
-    last_h = timedelta(minutes=max(horizons))
-    fit_rows = entity_rows(con, settings, origins(start, end - last_h), cells)
+    fit_rows = entity_rows(con, settings, origins(start, fit_end), cells)
     calib_origins = origins(calibration_start - BUCKET, end - last_h)
     calib_rows = entity_rows(con, settings, calib_origins, cells)
     quiet_rows = entity_rows(con, settings, calib_origins, quiet) if quiet else calib_rows.iloc[:0]
     fit_rows = sample_rows(
         fit_rows,
-        series_levels(con, cells, start, end),
+        series_levels(con, cells, start, fit_end + last_h),
         settings.training.max_training_rows,
         settings.training.seed,
     )
