@@ -201,6 +201,12 @@ def _pids_file(home: Path) -> Path:
     return home / "services" / "pids.json"
 
 
+def _services_env(home: Path) -> Path:
+    from pulse.settings import SERVICES_FILE
+
+    return home / SERVICES_FILE
+
+
 def main(argv: list[str]) -> int:
     home = Path(os.environ.get("PULSE_HOME", ".pulse")).resolve()
     ports = {"redis": 6379, "postgres": 5432, "mlflow": 5000, "nats": 4222}
@@ -211,6 +217,12 @@ def main(argv: list[str]) -> int:
         nats = start_nats(home / "services" / "nats", ports["nats"])
         pids = {s.name: s.proc.pid for s in (redis, pg, ml, nats)}
         _pids_file(home).write_text(json.dumps(pids))
+        # Decisions go to these servers from every pulse command of this home while they run (pulse.settings).
+        _services_env(home).write_text(
+            "# Written by `make services`, removed by `make services-stop`; PULSE_* variables override it.\n"
+            f"PULSE_DECISIONS__REDIS_URL=redis://127.0.0.1:{ports['redis']}/0\n"
+            f"PULSE_DECISIONS__NATS_URL=nats://127.0.0.1:{ports['nats']}\n"
+        )
         print(
             "services up. For the production profile:\n"
             f"  export PULSE_PROFILE=production PULSE_SERVERS__REDIS_URL=127.0.0.1:{ports['redis']}\n"
@@ -218,9 +230,7 @@ def main(argv: list[str]) -> int:
             f"  export PULSE_PG_HOST=127.0.0.1 PULSE_PG_PORT={ports['postgres']} PULSE_PG_USER={PG_USER} "
             "PULSE_PG_PASSWORD= PULSE_PG_DAGSTER_DB=dagster\n"
             f"  NATS JetStream at nats://127.0.0.1:{ports['nats']} (pulse live --bus nats://127.0.0.1:{ports['nats']})\n"
-            "Decisions out (surge keys and moves, any profile):\n"
-            f"  export PULSE_DECISIONS__REDIS_URL=redis://127.0.0.1:{ports['redis']}/0 "
-            f"PULSE_DECISIONS__NATS_URL=nats://127.0.0.1:{ports['nats']}"
+            f"Decisions out (surge keys and moves, any profile) go to these servers: {_services_env(home)}"
         )
         return 0
     if argv[:1] == ["stop"]:
@@ -237,6 +247,7 @@ def main(argv: list[str]) -> int:
             except ProcessLookupError:
                 print(f"{name} (pid {pid}) was not running")
         _pids_file(home).unlink(missing_ok=True)
+        _services_env(home).unlink(missing_ok=True)
         return 0
     print("usage: python -m ops.services start|stop", file=sys.stderr)
     return 2

@@ -56,6 +56,8 @@ MODEL_NAME = "pulse-demand-forecast"
 FEATURE_SERVICE = "demand_forecast_v1"
 # A city's own settings (written by `pulse import-trips`) in PULSE_HOME, read under the environment.
 CITY_FILE = "city.env"
+# Written by `make services` while its servers run: where decisions go (README "Decisions out").
+SERVICES_FILE = "services/services.env"
 ENV_PREFIX, NESTED = "PULSE_", "__"
 
 
@@ -320,13 +322,15 @@ class PulseSettings(BaseSettings):
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
-        # Arguments, then PULSE_* environment variables, then the city file of the home those name.
+        # Arguments, then PULSE_* environment variables, then the city file of the home those name, then the
+        # addresses of the servers `make services` runs for that home.
         home = init_settings.init_kwargs.get("home") or os.environ.get("PULSE_HOME") or ".pulse"
         city_file = Path(home).expanduser() / CITY_FILE
         city = DotEnvSettingsSource(settings_cls, env_file=city_file)
+        services = DotEnvSettingsSource(settings_cls, env_file=Path(home).expanduser() / SERVICES_FILE)
         _refuse_old_names(dict(os.environ), "the environment")
         _refuse_old_names(dict(city.env_vars), str(city_file))
-        return init_settings, env_settings, city, file_secret_settings
+        return init_settings, env_settings, city, services, file_secret_settings
 
     # Paths, all derived from home -------------------------------------------------------------------
     @cached_property

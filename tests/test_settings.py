@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from pulse.data.trips import write_city_file
-from pulse.settings import CITY_FILE, GROUPS, PulseSettings, env_name, renamed_variables
+from pulse.settings import CITY_FILE, GROUPS, SERVICES_FILE, PulseSettings, env_name, renamed_variables
 
 
 @pytest.fixture
@@ -39,6 +39,21 @@ def test_groups_read_nested_variables_the_city_file_and_merge_overrides(clean_en
     # the environment wins over the city file
     monkeypatch.setenv("PULSE_CITY__START_DATE", "2025-04-01")
     assert PulseSettings().city.start_date == date(2025, 4, 1)
+
+
+def test_servers_of_make_services_send_the_decisions_while_they_run(clean_env, monkeypatch):
+    """`make services` writes where its Redis and NATS listen under the home; the decisions go there from every
+    pulse command of that home, a variable still wins, and without the file nothing is sent."""
+    assert PulseSettings().decisions.redis_url is None
+    (clean_env / "services").mkdir()
+    (clean_env / SERVICES_FILE).write_text(
+        "PULSE_DECISIONS__REDIS_URL=redis://127.0.0.1:6379/0\nPULSE_DECISIONS__NATS_URL=nats://127.0.0.1:4222\n"
+    )
+    decisions = PulseSettings().decisions
+    assert decisions.redis_url.get_secret_value() == "redis://127.0.0.1:6379/0"
+    assert decisions.nats_url.get_secret_value() == "nats://127.0.0.1:4222"
+    monkeypatch.setenv("PULSE_DECISIONS__NATS_URL", "nats://10.0.0.1:4222")
+    assert PulseSettings().decisions.nats_url.get_secret_value() == "nats://10.0.0.1:4222"
 
 
 def test_city_validators_still_apply(clean_env):
