@@ -239,24 +239,29 @@ class DemandForecaster:
     ) -> DemandForecaster:
         """Train each horizon's booster on ``train`` and fit its dispersion on the calibration stretch ``valid``
         (the window's end, whose rows ``train`` may also hold): a dispersion booster learns the rows of ``train``
-        whose target ends before ``valid``'s first origin, its errors on ``valid`` fit α (module docstring), then
-        the served booster learns every row of ``train``. Fit the quiet model's dispersion on ``quiet_valid``
+        whose target ends before ``valid``'s first origin, its errors on ``valid`` fit α (module docstring), and
+        the served booster learns every row of ``train``; when all of ``train`` precedes ``valid`` (or the rows
+        carry no ``event_timestamp``) the served booster is the one that forecasts ``valid``, and when nothing
+        does (``fit(x, x)``) its α is in sample. Fit the quiet model's dispersion on ``quiet_valid``
         (quiet cells, same stretch as ``valid``). Each holds the features plus one ``target_<h>`` column per
         horizon (NaN = unknown); ``train`` may carry per-row weights in ``sample_weight``."""
-        calibration_start = pd.to_datetime(valid["event_timestamp"]).min()
-        origin = pd.to_datetime(train["event_timestamp"])
+        timed = "event_timestamp" in train and "event_timestamp" in valid
+        if timed:
+            calibration_start = pd.to_datetime(valid["event_timestamp"]).min()
+            origin = pd.to_datetime(train["event_timestamp"])
         for h in self.horizons:
             rows = train[f"target_{h}"].notna()
-            before = (rows & (origin + pd.Timedelta(minutes=h) <= calibration_start)).to_numpy()
-            if not before.any():
-                raise ValueError(f"no training row of horizon {h} ends before the calibration stretch")
+            # rows without times: ``train`` is taken to precede ``valid`` (the served booster forecasts it)
+            before = (rows & (origin + pd.Timedelta(minutes=h) <= calibration_start)).to_numpy() if timed else rows
+            self.boosters[h] = self._train(train[rows], h, seed)
+            if before.sum() == rows.sum() or not before.any():  # all of train precedes valid, or none of it
+                dispersion_booster = self.boosters[h]
+            else:
+                dispersion_booster = self._train(train[before], h, seed)
             vrows = valid[f"target_{h}"].notna()
-            before_valid = self._train(train[before], h, seed)
-            mu = before_valid.predict(design_matrix(valid[vrows], h))
+            mu = dispersion_booster.predict(design_matrix(valid[vrows], h))
             actual = valid.loc[vrows, f"target_{h}"].to_numpy(float)
             self.dispersion[h], self.level_dispersion[h] = fit_level_dispersion(actual, mu)
-            # train may hold nothing after the stretch's start (then the booster before it is the served one)
-            self.boosters[h] = before_valid if before.sum() == rows.sum() else self._train(train[rows], h, seed)
             self.quiet_dispersion[h], self.quiet_prior[h] = 0.0, (0.0, 0.0)
             if quiet_valid is not None and len(quiet_valid):
                 qrows = quiet_valid[quiet_valid[f"target_{h}"].notna()]
