@@ -15,27 +15,18 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from pulse.data.simulator import CityConfig, simulate_city
 from pulse.settings import PulseSettings
+from tests.conftest import TINY_DAYS as DAYS
 from tests.conftest import TINY_START
-
-DAYS = 5
-RANGE_TAGS = {
-    "dagster/asset_partition_range_start": TINY_START.isoformat(),
-    "dagster/asset_partition_range_end": (TINY_START + timedelta(days=DAYS - 1)).isoformat(),
-}
 
 
 @pytest.fixture(scope="module")
-def city(tiny_home):
-    settings = PulseSettings()
-    simulate_city(settings, CityConfig(radius=2, days=DAYS, requests_per_day=8000, drivers={1: 30, 2: 10}))
+def city(tiny_city):
+    """The tiny city through one `daily_pipeline` run of its 5 days: conftest's `tiny_city`, built here or by an
+    earlier module that only reads it (the assertions below count that one run)."""
     from pulse_assets.definitions import defs
 
-    instance = dg.DagsterInstance.get()
-    result = defs.resolve_job_def("daily_pipeline").execute_in_process(instance=instance, tags=RANGE_TAGS)
-    assert result.success
-    return settings, defs, instance
+    return PulseSettings(), defs, dg.DagsterInstance.get()
 
 
 CANDIDATE, CHAMPION = dg.AssetKey(["model", "candidate"]), dg.AssetKey(["model", "champion"])
