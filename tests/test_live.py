@@ -1,10 +1,9 @@
 """The bucket clock on the tiny city: the day after its history streamed as micro-batches.
 
-* `test_pulse_live_moves_bucket_by_bucket`: the real `pulse live` (stream, bucket updates, API as a child process)
-  at 60x; the API's forecasts advance bucket by bucket and are never more than one bucket behind once an
-  update's time has passed.
-* `test_pulse_live_through_the_bus`: the same with `--bus`: the stream publishes to NATS JetStream, the child
-  `pulse intake` lands the events, and the buckets are published in turn from them.
+* `test_pulse_live_moves_bucket_by_bucket_through_the_bus`: the real `pulse live --bus` (the stream publishing to
+  NATS JetStream, the child `pulse intake` landing the events, bucket updates, the API as a child process) at 60x;
+  the API's forecasts advance bucket by bucket and are never more than one bucket behind once an update's time
+  has passed, and what landed is what the intake acknowledged.
 * `test_bucket_clock_faults_and_intraday_equals_batch`: the updater in this process on a city clock the test
   sets, through a malformed micro-batch, a straggler inside the settle time, a late micro-batch, a crash before
   the online write, and then the day's whole-day Dagster run, whose blocking check compares its rows with the
