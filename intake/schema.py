@@ -111,6 +111,10 @@ class Decoded:
     malformed: list[tuple[int, str]]  # (message index, reason)
 
 
+# What Arrow's JSON reader raises for messages it cannot turn into the table's rows (not a bug of ours).
+UNREADABLE = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError)
+
+
 def decode(table: str, payloads: list[bytes]) -> Decoded:
     """Decode one table's message payloads; never raises for a bad message (it is reported as malformed)."""
     if not payloads:
@@ -118,7 +122,7 @@ def decode(table: str, payloads: list[bytes]) -> Decoded:
     try:
         envelopes = _read(table, payloads)
         reason = _batch_problem(table, envelopes)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as err:
+    except UNREADABLE as err:
         reason = str(err)
     if reason is None:
         return Decoded(_rows(table, envelopes), list(range(len(payloads))), [])
@@ -140,7 +144,7 @@ def _read_halving(
     try:
         env = _read(table, [payloads[i] for i in idx])
         problem = _batch_problem(table, env)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as err:
+    except UNREADABLE as err:
         problem = f"unreadable: {err}"
     if problem is None:
         tables.append(_rows(table, env))
