@@ -46,11 +46,18 @@ class WindowRunner:
 
         self._runner_class = dbtRunner
         self.warehouse = str(settings.warehouse_path)  # read by dbt_project/profiles.yml as PULSE_WAREHOUSE
+        # dbt's artefacts and log in the city's home, not the project folder: cities (and a daily run's dbt)
+        # running beside each other never write the same manifest or run_results.json.
+        scratch = settings.home / "live" / "dbt"
         self.args = [
             "--project-dir",
             str(PROJECT_DIR),
             "--profiles-dir",
             str(PROJECT_DIR),
+            "--target-path",
+            str(scratch / "target"),
+            "--log-path",
+            str(scratch / "logs"),
             "--vars",
             json.dumps(dbt_vars(settings)),
             "--quiet",

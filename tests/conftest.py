@@ -309,3 +309,22 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
     )
     run_pulse(env, "materialize")
     return TripLogCity(home, env, quietest, TRIP_SPIKE_AT, TRIP_SPIKE, len(trips))
+
+
+# Running in parallel (`pytest -n 2 --dist loadgroup`, as `make test` does) -------------------------------------
+CITY_FIXTURES = ("tiny_city", "quality_city", "trip_log_city")  # built once per worker that needs them
+
+
+def pytest_collection_modifyitems(config, items):
+    """Group tests for pytest-xdist: those on one of the session's cities go to one worker (the city is built
+    once), every other module stays whole on one worker (its module fixtures are built once). The groups of
+    the cities come first, in their modules' order (some modules rely on running before others on the same
+    city), so the longest groups start at once."""
+    import pytest
+
+    def city(item) -> str | None:
+        return next((c for c in CITY_FIXTURES if c in getattr(item, "fixturenames", ())), None)
+
+    items.sort(key=lambda item: CITY_FIXTURES.index(city(item)) if city(item) else len(CITY_FIXTURES))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(city(item) or item.module.__name__))

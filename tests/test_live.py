@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from ops.services import free_port
 from tests.conftest import pulse_env
 
 BUCKET = timedelta(minutes=15)
@@ -61,7 +62,7 @@ def test_pulse_live_moves_bucket_by_bucket_through_the_bus(tiny_city, tmp_path, 
     from intake.source import DURABLE, connect
 
     home = copy_city(tiny_city, tmp_path / "live")
-    port, speed, hours = 8765, 60.0, 1.0  # a bucket every 15 s; an update of the tiny city takes ~3 s
+    port, speed, hours = free_port(), 60.0, 1.0  # a bucket every 15 s; an update of the tiny city takes ~3 s
     bus = f"nats://127.0.0.1:{nats_server.port}"
     env = {**os.environ, "PULSE_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     bin_dir = Path(sys.executable).parent
