@@ -74,8 +74,10 @@ format: install
 check-defs: install
 	$(UV) run --frozen dg check defs
 
+# Two pytest workers: much of the suite waits on subprocesses, servers and the live city clock. Tests on one of
+# the session's cities share a worker, so each city is built once (tests/conftest.py).
 test: install system-deps browser lint check-defs
-	$(UV) run --frozen pytest -q
+	$(UV) run --frozen pytest -q -n 2 --dist loadgroup
 
 # The serving benchmark (README "Serving"): needs the demo city, builds it when missing.
 bench-serving: install

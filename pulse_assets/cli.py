@@ -102,9 +102,14 @@ def materialize(
     start: Annotated[str | None, typer.Option(help="First day (YYYY-MM-DD); default: first landing day.")] = None,
     end: Annotated[str | None, typer.Option(help="Last day, inclusive; default: last landing day.")] = None,
     missing: Annotated[bool, typer.Option(help="From the first day the pipeline has not loaded yet.")] = False,
+    train: Annotated[
+        bool, typer.Option(help="Also train a candidate and run its gates (--no-train: load the days only).")
+    ] = True,
 ) -> None:
     """Materialise the day assets of a range of days and then, once, the current states (Feast registry and
-    online store, a candidate, its backtest and gates, the champion), as one Dagster run (like a UI backfill)."""
+    online store, a candidate, its backtest and gates, the champion), as one Dagster run (like a UI backfill).
+    With ``--no-train`` the run stops before the candidate: history loaded in several ranges trains once, after
+    the last (a first week alone would train a candidate its gates refuse)."""
     settings = _settings()
     import dagster as dg
 
@@ -126,12 +131,18 @@ def materialize(
         first = todo[0]
     typer.echo(f"materialising {first}..{last} ({(last - first).days + 1} days) in one run")
     t0 = time.perf_counter()
-    result = defs.resolve_job_def("daily_pipeline").execute_in_process(
+    job = defs.resolve_job_def("daily_pipeline")
+    selection = None
+    if not train:
+        untrained = dg.AssetSelection.all() - dg.AssetSelection.groups("training", "promotion")
+        selection = list(untrained.resolve(defs.resolve_asset_graph()))
+    result = job.execute_in_process(
         instance=instance,
         tags={
             "dagster/asset_partition_range_start": first.isoformat(),
             "dagster/asset_partition_range_end": last.isoformat(),
         },
+        asset_selection=selection,
         raise_on_error=False,
     )
     typer.echo(f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {time.perf_counter() - t0:.0f}s")
