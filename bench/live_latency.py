@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 README_START, README_END = "<!-- live-bench:start -->", "<!-- live-bench:end -->"
 BUCKET = timedelta(minutes=15)
+BUILT = ".built"  # written into the large city's folder when its history is complete
 
 
 def get_json(port: int, path: str) -> dict:
@@ -218,7 +219,7 @@ def large(args) -> list[dict]:
     # The large city's days start where bench-pipeline's do; its code location and children read this.
     os.environ["PULSE_CITY__START_DATE"] = pt.HISTORY_START.isoformat()
     history = args.large_home
-    if not (history / "warehouse.duckdb").exists():
+    if not (history / BUILT).exists():
         build_large(history)
     home = copy_city(history, args.work / "large")
     early = live_run(home, args.large_speed, args.buckets / 4, args.rate, "large 1×, day's first buckets")
@@ -273,6 +274,7 @@ def build_large(home: Path) -> None:
         days = ["--start", start.isoformat(), "--end", end.isoformat()]
         last = first + pt.HISTORY_CHUNK_DAYS >= pt.HISTORY_DAYS
         subprocess.run([pulse, "materialize", *days, *([] if last else ["--no-train"])], env=env, check=True)
+    (home / BUILT).touch()  # a build cut short is built again, not run on
 
 
 # -- report ----------------------------------------------------------------------------------------------
