@@ -32,8 +32,10 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -159,12 +161,16 @@ async def serve(
     report_every: float = 10.0,
     ack_wait: float = ACK_WAIT_S,
     intake: Intake | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> IntakeStats:
-    """Run the intake on ``url`` until ``stop`` is set; returns the counts (``intake.stats`` meanwhile)."""
+    """Run the intake on ``url`` until ``stop`` is set; returns the counts (``intake.stats`` meanwhile).
+    ``on_ready`` is called once every table's consumer is open (messages published from then on are pulled)."""
     nc = await connect(url, name="pulse-intake")
     try:
         await ensure_streams(nc, tables)
         sources = [await NatsSource(nc, t, ack_wait=ack_wait).open() for t in tables]
+        if on_ready is not None:
+            on_ready()
         intake = intake or Intake(settings, batch=batch, max_wait=max_wait)
 
         async def report() -> None:
@@ -189,15 +195,22 @@ async def serve(
 
 
 def run_forever(
-    settings: PulseSettings, url: str, batch: int = 10_000, max_wait: float = 0.25, ack_wait: float = ACK_WAIT_S
+    settings: PulseSettings,
+    url: str,
+    batch: int = 10_000,
+    max_wait: float = 0.25,
+    ack_wait: float = ACK_WAIT_S,
+    ready_file: Path | None = None,
 ) -> IntakeStats:
-    """``pulse intake``: until SIGINT or SIGTERM, which let the batch in hand land and be acknowledged."""
+    """``pulse intake``: until SIGINT or SIGTERM, which let the batch in hand land and be acknowledged. Once its
+    consumers are open it creates ``ready_file`` (`pulse live` starts the city clock then)."""
 
     async def main() -> IntakeStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await serve(settings, url, stop, batch=batch, max_wait=max_wait, ack_wait=ack_wait)
+        on_ready = (lambda: ready_file.touch()) if ready_file is not None else None
+        return await serve(settings, url, stop, batch=batch, max_wait=max_wait, ack_wait=ack_wait, on_ready=on_ready)
 
     return asyncio.run(main())

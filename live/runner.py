@@ -33,6 +33,8 @@ from pulse.settings import PROJECT_ROOT, PulseSettings
 
 log = logging.getLogger("pulse.live")
 UPDATE_NICENESS = 10
+INTAKE_READY = "intake.ready"  # created by the `pulse intake` child once its consumers are open
+INTAKE_START_SECONDS = 120.0
 
 
 def stream_forever(stream: CityStream, clock: CityClock, every: timedelta, stop: threading.Event) -> None:
@@ -61,7 +63,9 @@ def children(
     serve = [str(bin_dir / "pulse"), "serve", "--port", str(api_port), "--no-access-log"]
     procs = [subprocess.Popen(serve, cwd=PROJECT_ROOT, env=env)]
     if bus:
-        intake = [str(bin_dir / "pulse"), "intake", "--bus", bus]
+        ready = settings.live_dir / INTAKE_READY
+        ready.unlink(missing_ok=True)
+        intake = [str(bin_dir / "pulse"), "intake", "--bus", bus, "--ready-file", str(ready)]
         procs.append(subprocess.Popen(intake, cwd=PROJECT_ROOT, env=env))
         os.setpriority(os.PRIO_PROCESS, procs[-1].pid, UPDATE_NICENESS)  # batch work, as the updates
     if ui_port is not None:
@@ -104,11 +108,17 @@ def run(
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     every = timedelta(seconds=settings.live.micro_batch_seconds)
-    feeder = threading.Thread(target=stream_forever, args=(stream, clock, every, stop), name="stream", daemon=True)
     procs = children(settings, api_port, ui_port, bus)
+    if bus:
+        # Events published before the intake's consumers are open would land after their bucket's settle time
+        # (seconds of imports at a fast clock are city minutes): the city starts once the intake is there.
+        wait_for_intake(settings.live_dir / INTAKE_READY, procs)
+        updater.clock = clock = CityClock.simulated(stream.start, speed)
+        clock.save(settings.live_dir)
     # The updates (dbt, checks, the stream) are batch work sharing the machine with the API started above: at
     # a lower priority they never take a core from a request.
     os.nice(UPDATE_NICENESS)
+    feeder = threading.Thread(target=stream_forever, args=(stream, clock, every, stop), name="stream", daemon=True)
     end = stream.start + timedelta(hours=hours) if hours else None
     published = 0
     print(
@@ -150,6 +160,22 @@ def run(
         if sink:
             sink.close()
     return published
+
+
+def wait_for_intake(ready: Path, procs: list[subprocess.Popen]) -> None:
+    """Until the intake child created ``ready``; when a child exits, it takes too long or Ctrl-C comes first, the
+    children are stopped and the error raised."""
+    deadline = time.monotonic() + INTAKE_START_SECONDS
+    try:
+        while not ready.exists():
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a child process (API, Dagster UI or intake) exited before the city started")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the intake did not open its consumers within {INTAKE_START_SECONDS:.0f} s")
+            time.sleep(0.1)
+    except BaseException:  # Ctrl-C included
+        stop_children(procs)
+        raise
 
 
 def stop_children(procs: list[subprocess.Popen]) -> None:

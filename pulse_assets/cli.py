@@ -257,6 +257,9 @@ def intake(
     ack_wait: Annotated[
         float, typer.Option(help="Seconds before an unacknowledged message is redelivered (set when created).")
     ] = 30.0,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="Created once the consumers are open (`pulse live` waits for it).")
+    ] = None,
 ) -> None:
     """Land events from JetStream into the landing zone: a durable pull consumer per event table writes
     micro-batch parts (fsynced) and acknowledges them after; malformed messages go to landing/_quarantine.
@@ -268,7 +271,9 @@ def intake(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = _settings()
     typer.echo(f"intake from {bus} into {settings.landing_dir} (batch {batch}, wait {max_wait_ms} ms)")
-    stats = run_forever(settings, bus, batch=batch, max_wait=max_wait_ms / 1000, ack_wait=ack_wait)
+    stats = run_forever(
+        settings, bus, batch=batch, max_wait=max_wait_ms / 1000, ack_wait=ack_wait, ready_file=ready_file
+    )
     typer.echo(f"intake stopped: {stats.line()}")
 
 

@@ -315,12 +315,12 @@ def trip_log_city(tmp_path_factory) -> TripLogCity:
 CITY_FIXTURES = ("tiny_city", "quality_city", "trip_log_city")  # built once per worker that needs them
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     """Group tests for pytest-xdist: those on one of the session's cities go to one worker (the city is built
     once), every other module stays whole on one worker (its module fixtures are built once). The groups of
     the cities come first, in their modules' order (some modules rely on running before others on the same
     city), so the longest groups start at once."""
-    import pytest
 
     def city(item) -> str | None:
         return next((c for c in CITY_FIXTURES if c in getattr(item, "fixturenames", ())), None)
