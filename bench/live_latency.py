@@ -136,10 +136,13 @@ def live_run(home: Path, speed: float, hours: float, rate: float, label: str) ->
             while proc.poll() is None:
                 try:
                     loads.append(load(spec))
-                except subprocess.CalledProcessError:
-                    if proc.poll() is None:  # the API failed while the run went on: a real failure
-                        raise
-                    # the run ended during the window (its API stopped): that window is not a measurement
+                except subprocess.CalledProcessError as err:
+                    # `pulse live` stops its API first and exits up to 20 s later: a window cut by the end of the
+                    # run is not a measurement; one failing while the run goes on is a real failure
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        raise RuntimeError(f"the load failed while the run went on: {err.stderr[-2000:]}") from err
 
         loader = threading.Thread(target=load_forever, daemon=True)
         loader.start()
