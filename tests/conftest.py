@@ -316,7 +316,7 @@ CITY_FIXTURES = ("tiny_city", "quality_city", "trip_log_city")  # built once per
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     """Group tests for pytest-xdist: those on one of the session's cities go to one worker (the city is built
     once), every other module stays whole on one worker (its module fixtures are built once). The groups of
     the cities come first, in their modules' order (some modules rely on running before others on the same
