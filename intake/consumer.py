@@ -9,9 +9,9 @@ parts exactly as it reads the simulator's (arrival = the part's modification tim
 
 What a crash does: killed before a part is renamed, the temporary file is left behind (readers list
 ``part-*.parquet`` only) and the messages come back; killed after the write and before the acknowledgement,
-the messages come back and are landed again in a new part: ingest's de-duplication by id (within the loaded
-parts and against the day's raw rows) keeps one copy, the other is counted as a ``duplicate id`` in
-``raw.quarantine``. Nothing is acknowledged that is not on disk, so nothing is lost.
+the messages come back and are landed again in a new part: ingest's de-duplication by id (or, for pings and
+weather, by their key; within the loaded parts and against the day's raw rows) keeps one copy, the other is
+counted as a duplicate in ``raw.quarantine``. Nothing is acknowledged that is not on disk, so nothing is lost.
 
 The intake quarantine is ``landing/_quarantine/<table>/date=<day received, UTC>/part-*.parquet`` with
 ``received_at``, ``position`` (stream sequence), ``reason`` and ``payload`` (the message as received); a

@@ -235,6 +235,33 @@ def test_running_day_loads_drop_redelivered_rows(tmp_path, day_tables):
     assert raw == distinct == 300
 
 
+@pytest.mark.parametrize(
+    ("table", "reason"), [("driver_pings", "driver_id and pinged_at"), ("weather", "observed_at and city")]
+)
+def test_rows_without_ids_landed_twice_become_one_row(tmp_path, day_tables, table, reason):
+    """Pings and weather have no id: their key (a driver's ping at an instant, the weather at an instant) stands
+    for it, in a running day's loads and in the whole day's load alike."""
+    day, tables = day_tables
+    rows = tables[table]
+    half, rest = rows.num_rows // 2, rows.num_rows - rows.num_rows // 2
+    settings = PulseSettings(home=tmp_path / "home")
+    midnight = datetime.combine(day, dtime())
+    first = write_part(settings, table, day, rows.slice(0, half), midnight, durable=True)
+    again = write_part(settings, table, day, rows.slice(half // 2), midnight, durable=True)  # a quarter again
+    key = ", ".join(reason.split(" and "))
+    before = midnight - timedelta(days=1)
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        one = ingest.ingest_parts(con, settings, table, day, {first: midnight}, before)
+        two = ingest.ingest_parts(con, settings, table, day, {again: midnight}, before)
+        raw, distinct = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM raw.{table}").fetchone()
+    assert (one.accepted, two.accepted) == (half, rest)
+    assert two.reasons == {f"duplicate {reason}": half - half // 2}
+    assert raw == distinct == rows.num_rows
+    with duckdb.connect(str(tmp_path / "whole.duckdb")) as con:  # the day's whole-day load reads both parts
+        whole = ingest.ingest_partition(con, settings, table, day)
+    assert (whole.accepted, whole.reasons) == (rows.num_rows, {f"duplicate {reason}": half - half // 2})
+
+
 def test_nats_restart_under_load(nats_server, tmp_path, day_tables):
     _, tables = day_tables
     rows = tables["ride_requests"]

@@ -39,6 +39,9 @@ class Contract:
     required: dict[str, str]  # column -> DuckDB type
     optional: dict[str, str]
     id_col: str | None = None
+    # Without an id column, the columns that make a row one event (a driver's ping at an instant): a copy of a
+    # row, e.g. landed again after the intake crashed between its write and its acknowledgement, is a duplicate.
+    key: tuple[str, ...] = ()
     lat_col: str | None = None
     lng_col: str | None = None
     has_service_type: bool = False
@@ -47,6 +50,17 @@ class Contract:
     @property
     def columns(self) -> dict[str, str]:
         return {**self.required, **self.optional}
+
+    def dedup_key(self, alias: str | None = None) -> str | None:
+        """SQL of the value two copies of one event share: the id, or a row of the key columns (of ``alias``)."""
+        columns = [f"{alias}.{c}" if alias else c for c in ((self.id_col,) if self.id_col else self.key)]
+        if not columns:
+            return None
+        return columns[0] if self.id_col else f"row({', '.join(columns)})"
+
+    @property
+    def duplicate_reason(self) -> str:
+        return "duplicate id" if self.id_col else f"duplicate {' and '.join(self.key)}"
 
 
 CONTRACTS: dict[str, Contract] = {
@@ -79,6 +93,7 @@ CONTRACTS: dict[str, Contract] = {
         Contract(
             table="driver_pings",
             ts_col="pinged_at",
+            key=("driver_id", "pinged_at"),
             lat_col="lat",
             lng_col="lng",
             has_service_type=True,
@@ -114,6 +129,7 @@ CONTRACTS: dict[str, Contract] = {
         Contract(
             table="weather",
             ts_col="observed_at",
+            key=("observed_at", "city"),
             required={"observed_at": "TIMESTAMP", "temperature_c": "DOUBLE", "precipitation_mm": "DOUBLE"},
             optional={"city": "VARCHAR"},
         ),
@@ -218,8 +234,8 @@ def _reason_sql(c: Contract, settings: PulseSettings, day: date) -> str:
         rules.append(("precipitation_mm < 0", "negative precipitation"))
     if c.table == "price_quotes":
         rules.append(("surge_multiplier < 1", "surge below 1"))
-    if c.id_col:
-        rules.append(("_dup_first IS NOT NULL AND _row > _dup_first", "duplicate id"))
+    if c.dedup_key():
+        rules.append(("_dup_first IS NOT NULL AND _row > _dup_first", c.duplicate_reason))
     whens = " ".join(f"WHEN {cond} THEN '{reason}'" for cond, reason in rules)
     return f"CASE {whens} END"
 
@@ -271,21 +287,29 @@ def _check(
     else:
         con.execute("CREATE TEMP VIEW _landing AS SELECT 0::BIGINT AS _row LIMIT 0")
         select = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in c.columns.items())
-    if c.id_col:
-        # Duplicate ids by a hash aggregate (parallel) instead of a window over every row: only ids seen more
-        # than once get their first row number, and later rows with that id are refused.
+    if key := c.dedup_key():
+        # Duplicates by a hash aggregate (parallel) instead of a window over every row: only keys seen more
+        # than once get their first row number, and later rows with that key are refused.
+        # A key holding the event time can only repeat a loaded row of the same time: the day's rows are read
+        # between the new rows' first and last time (what a bucket's load reads stays the size of the bucket).
+        ts = c.ts_col
+        within = (
+            f"AND {ts} BETWEEN (SELECT min({ts}) FROM cast_rows) AND (SELECT max({ts}) FROM cast_rows) "
+            if ts in c.key
+            else ""
+        )
         loaded = (
-            f"UNION ALL SELECT {c.id_col}, 0 FROM raw.{table} WHERE event_date = DATE '{day}' "
-            f"AND {c.id_col} IN (SELECT {c.id_col} FROM cast_rows)"
+            f"UNION ALL SELECT {key}, 0 FROM raw.{table} WHERE event_date = DATE '{day}' "
+            f"{within}AND {key} IN (SELECT {key} FROM cast_rows)"
             if append
             else ""
         )
         checked = (
             f"WITH cast_rows AS (SELECT _row, {select} FROM _landing), "
-            f"ids AS (SELECT {c.id_col} AS _dup_id, _row FROM cast_rows WHERE {c.id_col} IS NOT NULL {loaded}), "
+            f"ids AS (SELECT {key} AS _dup_id, _row FROM cast_rows WHERE {key} IS NOT NULL {loaded}), "
             f"dups AS (SELECT _dup_id, min(_row) AS _dup_first FROM ids GROUP BY 1 HAVING count(*) > 1) "
             f"SELECT cast_rows.*, {_reason_sql(c, settings, day)} AS _reason "
-            f"FROM cast_rows LEFT JOIN dups ON dups._dup_id = cast_rows.{c.id_col}"
+            f"FROM cast_rows LEFT JOIN dups ON dups._dup_id = {c.dedup_key('cast_rows')}"
         )
     else:
         checked = f"SELECT *, {_reason_sql(c, settings, day)} AS _reason FROM (SELECT _row, {select} FROM _landing)"
