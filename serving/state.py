@@ -44,7 +44,6 @@ from serving import background, model_process, schemas
 log = logging.getLogger("pulse.serving")
 Clock = Callable[[], datetime]
 MAX_ANSWERS = 100_000  # remembered query strings per view (~2 KB each at most)
-YIELD_EVERY = 16  # answers rendered between two yields of the GIL (a fraction of a millisecond)
 
 
 def forecast_body(cell: CellForecast, model_version: str | None, horizons: tuple[int, ...]) -> schemas.Forecast:
@@ -125,9 +124,7 @@ class View:
         table, old = self.table, previous.table
         if table.horizons != old.horizons or table.service_types != old.service_types:
             return
-        for i, (query, key) in enumerate(list(previous.asked.items())):
-            if i % YIELD_EVERY == 0:
-                time.sleep(0)  # thousands of bodies are tens of ms of this GIL: requests get it between slices
+        for query, key in list(previous.asked.items()):
             body = self.forecast_json(*key)
             if body is not None:
                 self.answers[query] = body
