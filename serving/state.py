@@ -227,6 +227,8 @@ class ServingState:
         # None when neither publisher is configured; the moves are planned in a background child process.
         self.decisions = Decisions.from_settings(settings, run=plan_in_background)
         self.decided_bucket: datetime | None = None  # newest feature bucket handed to the publishers
+        # The model's forecasts last made: (model, snapshot, their horizons and elasticity, forecasts per cell).
+        self._forecasts: tuple[LoadedModel, FeatureSnapshot, tuple, dict[tuple[str, int], CellForecast]] | None = None
         # One rebuild at a time: the feature refresh and the model poll each read the current view, build on
         # it and publish, so neither drops what the other published meanwhile.
         self._lock = threading.Lock()
@@ -356,13 +358,32 @@ class ServingState:
             reference=reference,
             reason_all=self.lag_reason,
             store_error=self.store_error,
-            predict=model_process.predictor(model) if model else None,
+            predict=self._predictor(model, features) if model else None,
         )
         new = View(table=table, key=key, **parts)
         if view is not None:
             new.answer_as(view)
         self.view = new  # the one assignment readers see
         self._decide(new)
+
+    def _predictor(self, model: LoadedModel, features: FeatureSnapshot | None):
+        """``build_table``'s ``predict``: the model's forecasts from the background child, or those it already
+        made of the same snapshot. When the city clock passes a bucket's end the table is rebuilt with a new
+        reference and the same feature rows, whose forecasts (seconds of TreeSHAP) are the same."""
+        remote = model_process.predictor(model)
+
+        def predict(fresh, horizons: list[int], elasticity: float) -> dict[tuple[str, int], CellForecast]:
+            keys = [(str(h), int(s)) for h, s in zip(fresh["hex_id"], fresh["service_type"], strict=True)]
+            memo = self._forecasts
+            if memo is not None and memo[0] is model and memo[1] is features and memo[2] == (horizons, elasticity):
+                made = memo[3]
+                if all(k in made for k in keys):
+                    return {k: made[k] for k in keys}
+            out = remote(fresh, horizons, elasticity)
+            self._forecasts = (model, features, (horizons, elasticity), out)
+            return out
+
+        return predict
 
     def _decide(self, view: View) -> None:
         """Hand ``view``'s table to the decision publishers when it is the first view of a newer feature bucket

@@ -52,3 +52,13 @@ def test_the_model_process_forecasts_each_citys_model_and_survives_a_restart(fre
     with pytest.raises(background.BackgroundError):
         background.call(model_process.PURPOSE, os._exit, 1)  # the child dies
     assert same(model_process.predictor(one)(fresh, HORIZONS, 0.5), expected_one)  # a new child, sent the model
+
+
+def test_forecasts_come_back_in_slices_that_make_the_whole_table(fresh, monkeypatch):
+    model = fitted(3, 1.0)
+    expected = model_forecasts(model, fresh, HORIZONS, 0.5)
+    assert len(expected) == 2
+    slices = model_process._forecast("v1 of run s", model, fresh, HORIZONS, 0.5, 1)
+    assert len(slices) == 2  # one cell each
+    monkeypatch.setattr(model_process, "SLICE_CELLS", 1)
+    assert same(model_process.predictor(LoadedModel(model, "1", "run-s", {}))(fresh, HORIZONS, 0.5), expected)

@@ -564,6 +564,24 @@ def test_clock_check_degrades_a_cell_over_a_bucket_behind_and_serves_one_in_flig
         assert r.json()["degraded_cells"] == r.json()["cells"]
 
 
+def test_the_clock_passing_a_bucket_end_rebuilds_the_table_without_forecasting_again(home, cells):
+    """Same model, same snapshot, a new reference: the rows' forecasts are the ones already made (the same
+    objects), only what depends on the reference changes."""
+    newest = newest_feature_ts(home)
+    now = {"t": newest + timedelta(seconds=50)}
+    with TestClient(create_app(make_settings(home, live=True), clock=lambda: now["t"])) as c:
+        state = c.app.state.serving
+        before = state.view
+        assert before.table.reference == newest
+        now["t"] += timedelta(minutes=15)  # the next bucket closed; its update is in flight
+        state.refresh_features()
+        after = state.view
+        assert after is not before and after.features is before.features
+        assert after.table.reference == newest + timedelta(minutes=15)
+        key = (cells[0], 1)
+        assert after.table.cells[key].source == "model" and after.table.cells[key] is before.table.cells[key]
+
+
 def test_live_mode_reads_a_bucket_as_soon_as_its_update_status_is_written(home, cells):
     """The feature refresh period is an hour here: only the status watch can bring the new bucket in."""
     newest = newest_feature_ts(home)
