@@ -52,6 +52,15 @@ class StateCollector(Collector):
         if view is not None and view.model is not None:
             info.add_metric([], {"version": view.model.version, "source": view.info.source if view.info else ""})
             yield info
+        if state.levels.miss:
+            g = GaugeMetricFamily(
+                "pulse_interval_miss_rate",
+                "Miss rate the [p10, p90] intervals are served at (0.2 nominal; lower = wider after recent misses).",
+                labels=["horizon", "cells"],
+            )
+            for (h, group), miss in sorted(state.levels.miss.items()):
+                g.add_metric([str(h), group], miss)
+            yield g
         yield GaugeMetricFamily("pulse_model_reloads", "Champions swapped in since start.", value=state.model_reloads)
         yield GaugeMetricFamily(
             "pulse_feature_refresh_errors", "Failed online store reads since start.", value=state.refresh_errors

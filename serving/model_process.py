@@ -22,6 +22,7 @@ import pandas as pd
 
 from pulse.forecasts.forecast_table import CellForecast, model_forecasts
 from pulse.lifecycle.registry import LoadedModel
+from pulse.model.adaptive import Levels
 from pulse.model.forecaster import DemandForecaster
 from serving import background
 
@@ -41,6 +42,7 @@ def _forecast(
     fresh: pd.DataFrame,
     horizons: list[int],
     elasticity: float,
+    levels: Levels | None,
     slice_cells: int,
 ) -> list[bytes]:
     """In the child: the forecasts of ``fresh`` by the model ``key``, which is ``forecaster`` when it is sent,
@@ -51,7 +53,7 @@ def _forecast(
     held = _loaded.get(key)
     if held is None:
         raise ModelNotLoaded(key)
-    items = list(model_forecasts(held, fresh, horizons, elasticity).items())
+    items = list(model_forecasts(held, fresh, horizons, elasticity, levels).items())
     return [
         pickle.dumps(dict(items[i : i + slice_cells]), pickle.HIGHEST_PROTOCOL)
         for i in range(0, len(items), slice_cells)
@@ -63,8 +65,10 @@ def predictor(model: LoadedModel):
 
     key = f"v{model.version} of run {model.run_id}"
 
-    def predict(fresh: pd.DataFrame, horizons: list[int], elasticity: float) -> dict[tuple[str, int], CellForecast]:
-        args = (fresh, horizons, elasticity, SLICE_CELLS)
+    def predict(
+        fresh: pd.DataFrame, horizons: list[int], elasticity: float, levels: Levels | None = None
+    ) -> dict[tuple[str, int], CellForecast]:
+        args = (fresh, horizons, elasticity, levels, SLICE_CELLS)
         try:
             slices = background.call(PURPOSE, _forecast, key, None, *args, timeout=TIMEOUT_SECONDS)
         except background.BackgroundError as err:

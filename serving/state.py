@@ -36,7 +36,9 @@ from decisions import Decisions, Update
 from pulse.forecasts.forecast_table import CellForecast, ForecastTable, build_table, reference_time
 from pulse.lifecycle import champion
 from pulse.lifecycle.registry import LoadedModel
+from pulse.model.adaptive import BUSY, QUIET, AdaptiveLevels, Levels, snapshot_counts
 from pulse.model.climatology import Climatology
+from pulse.model.forecaster import QUIET_SOURCE
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.online_snapshot import FeatureSnapshot, read_online_features
 from serving import background, model_process, schemas
@@ -227,8 +229,11 @@ class ServingState:
         # None when neither publisher is configured; the moves are planned in a background child process.
         self.decisions = Decisions.from_settings(settings, run=plan_in_background)
         self.decided_bucket: datetime | None = None  # newest feature bucket handed to the publishers
-        # The model's forecasts last made: (model, snapshot, their horizons and elasticity, forecasts per cell).
+        # The model's forecasts last made: (model, snapshot, horizons, elasticity and levels, forecasts per cell).
         self._forecasts: tuple[LoadedModel, FeatureSnapshot, tuple, dict[tuple[str, int], CellForecast]] | None = None
+        # The intervals' miss rates, following the model's recent misses; the snapshot whose counts they last saw.
+        self.levels = AdaptiveLevels()
+        self._observed: FeatureSnapshot | None = None
         # One rebuild at a time: the feature refresh and the model poll each read the current view, build on
         # it and publish, so neither drops what the other published meanwhile.
         self._lock = threading.Lock()
@@ -359,7 +364,10 @@ class ServingState:
             reason_all=self.lag_reason,
             store_error=self.store_error,
             predict=self._predictor(model, features) if model else None,
+            levels=self._adapt(model, features),
         )
+        if model is not None:
+            self._remember(table)
         new = View(table=table, key=key, **parts)
         if view is not None:
             new.answer_as(view)
@@ -372,18 +380,43 @@ class ServingState:
         reference and the same feature rows, whose forecasts (seconds of TreeSHAP) are the same."""
         remote = model_process.predictor(model)
 
-        def predict(fresh, horizons: list[int], elasticity: float) -> dict[tuple[str, int], CellForecast]:
+        def predict(fresh, horizons: list[int], elasticity: float, levels: Levels | None):
             keys = [(str(h), int(s)) for h, s in zip(fresh["hex_id"], fresh["service_type"], strict=True)]
-            memo = self._forecasts
-            if memo is not None and memo[0] is model and memo[1] is features and memo[2] == (horizons, elasticity):
+            memo, asked = self._forecasts, (horizons, elasticity, levels)
+            if memo is not None and memo[0] is model and memo[1] is features and memo[2] == asked:
                 made = memo[3]
                 if all(k in made for k in keys):
                     return {k: made[k] for k in keys}
-            out = remote(fresh, horizons, elasticity)
-            self._forecasts = (model, features, (horizons, elasticity), out)
+            out = remote(fresh, horizons, elasticity, levels)
+            self._forecasts = (model, features, asked, out)
             return out
 
         return predict
+
+    def _adapt(self, model: LoadedModel | None, features: FeatureSnapshot | None) -> Levels | None:
+        """The miss rates of the table's intervals (:mod:`pulse.model.adaptive`), after scoring the forecasts
+        whose target buckets a new snapshot closed (once per snapshot)."""
+        if model is None:
+            return None
+        if features is not None and features is not self._observed and features.newest is not None:
+            self.levels.observe(snapshot_counts(features.frame), features.newest)
+            self._observed = features
+        return self.levels.levels(model.forecaster.horizons)
+
+    def _remember(self, table: ForecastTable) -> None:
+        """Keep the model's forecasts of ``table`` until their target buckets close and score them."""
+        rows: dict[tuple[datetime, int, str], tuple[list, list, list]] = {}
+        for key, cell in table.cells.items():
+            if cell.degraded or cell.source == "climatology":
+                continue
+            group = QUIET if cell.source == QUIET_SOURCE else BUSY
+            for h, f in cell.horizons.items():
+                keys, mean, alpha = rows.setdefault((cell.origin, h, group), ([], [], []))
+                keys.append(key)
+                mean.append(f.mean)
+                alpha.append(f.dispersion)
+        for (origin, h, group), (keys, mean, alpha) in rows.items():
+            self.levels.remember(origin, h, group, keys, mean, alpha)
 
     def _decide(self, view: View) -> None:
         """Hand ``view``'s table to the decision publishers when it is the first view of a newer feature bucket

@@ -58,7 +58,7 @@ def test_forecasts_come_back_in_slices_that_make_the_whole_table(fresh, monkeypa
     model = fitted(3, 1.0)
     expected = model_forecasts(model, fresh, HORIZONS, 0.5)
     assert len(expected) == 2
-    slices = model_process._forecast("v1 of run s", model, fresh, HORIZONS, 0.5, 1)
+    slices = model_process._forecast("v1 of run s", model, fresh, HORIZONS, 0.5, None, 1)
     assert len(slices) == 2  # one cell each
     monkeypatch.setattr(model_process, "SLICE_CELLS", 1)
     assert same(model_process.predictor(LoadedModel(model, "1", "run-s", {}))(fresh, HORIZONS, 0.5), expected)

@@ -20,6 +20,8 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import h3
+import numpy as np
+import pandas as pd
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
@@ -30,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from pulse.domain.clock import CityClock
+from pulse.model.adaptive import BUSY, QUIET, TARGET_MISS, interval, next_miss
 from pulse.settings import MODEL_NAME, PulseSettings
 from serving.app import create_app
 
@@ -95,7 +98,6 @@ def write_online_row(home: Path, hex_id: str, service_type: int, feature_ts: dat
     """Make the online store hold, for one cell, the offline row of ``row_of`` stamped ``feature_ts``: an aged
     row when it is earlier than the newest, a newly published bucket when it is later."""
     import duckdb
-    import pandas as pd
 
     from pulse.data.contract import FEATURE_VIEW
     from pulse.stores.feature_store import open_store
@@ -580,6 +582,48 @@ def test_the_clock_passing_a_bucket_end_rebuilds_the_table_without_forecasting_a
         assert after.table.reference == newest + timedelta(minutes=15)
         key = (cells[0], 1)
         assert after.table.cells[key].source == "model" and after.table.cells[key] is before.table.cells[key]
+
+
+def publish_bucket(home: Path, feature_ts: datetime, requests: int) -> None:
+    """Every cell's newest offline row, stamped ``feature_ts`` with ``requests`` in its bucket: a new bucket in the
+    online store."""
+    import duckdb
+
+    from pulse.data.contract import FEATURE_VIEW
+    from pulse.stores.feature_store import open_store
+
+    files = home / "feast" / "offline" / "demand_features" / "*.parquet"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        rows = con.execute(f"SELECT * FROM read_parquet('{files}') QUALIFY feature_ts = max(feature_ts) OVER ()").df()
+    rows["feature_ts"], rows["requests"] = pd.Timestamp(feature_ts), requests
+    open_store(make_settings(home)).write_to_online_store(FEATURE_VIEW, rows)
+
+
+def test_intervals_widen_after_the_buckets_they_missed(home):
+    """Two new buckets far above every forecast: the 30-minute forecasts made before them have missed, so the
+    next table's 30-minute intervals are served at a lower miss rate (wider); the 60-minute ones are not scored
+    yet."""
+    newest = newest_feature_ts(home)
+    now = {"t": newest + timedelta(seconds=50)}
+    with TestClient(create_app(make_settings(home, live=True), clock=lambda: now["t"])) as c:
+        state = c.app.state.serving
+        assert state.levels.level(30, BUSY) == TARGET_MISS
+        for k in (1, 2):
+            publish_bucket(home, newest + timedelta(minutes=15 * k), requests=500)
+            now["t"] += timedelta(minutes=15)
+            state.refresh_features()
+        missed = next_miss(TARGET_MISS, 1.0)
+        assert state.levels.level(30, BUSY) == pytest.approx(missed, abs=1e-6)
+        assert state.levels.level(30, QUIET) == pytest.approx(missed, abs=1e-6)
+        assert state.levels.level(60, BUSY) == TARGET_MISS
+        cell = next(x for x in state.view.table.cells.values() if x.source == "model")
+        f = cell.horizons[30]
+        p10, _, p90 = interval(np.array([f.mean]), np.array([f.dispersion]), missed)
+        assert (f.p10, f.p90) == (p10[0], p90[0])
+        body = c.get("/v1/forecast", params={"hex_id": cell.hex_id, "service_type": cell.service_type}).json()
+        assert body["forecasts"][0]["p90"] == f.p90
+        assert 'pulse_interval_miss_rate{horizon="30",cells="busy"} ' + repr(missed) in c.get("/metrics").text
 
 
 def test_live_mode_reads_a_bucket_as_soon_as_its_update_status_is_written(home, cells):

@@ -36,13 +36,14 @@ import pandas as pd
 from pulse.domain import explain
 from pulse.domain.clock import bucket_floor
 from pulse.domain.surge import surge_multipliers
+from pulse.model.adaptive import Levels, interval, row_miss
 from pulse.model.climatology import Climatology
-from pulse.model.forecaster import QUIET_SOURCE, DemandForecaster, count_quantiles, design_matrix
+from pulse.model.forecaster import QUIET_SOURCE, DemandForecaster, design_matrix
 from pulse.model.forecasting import BadRequest, target_start
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 
 Source = Literal["model", "quiet_model", "climatology"]
-ModelForecasts = Callable[[pd.DataFrame, list[int], float], dict[tuple[str, int], "CellForecast"]]
+ModelForecasts = Callable[[pd.DataFrame, list[int], float, Levels | None], dict[tuple[str, int], "CellForecast"]]
 log = logging.getLogger("pulse.forecast")
 QUIET_EXPLANATION = "quiet cell: smoothed time-of-week and time-of-day average of its recent weeks"
 
@@ -142,12 +143,13 @@ def build_table(
     reason_all: str | None = None,
     store_error: str | None = None,
     predict: ModelForecasts | None = None,
+    levels: Levels | None = None,
 ) -> ForecastTable:
     """Forecast every entity: the model where its features are fresh, the climatology elsewhere.
 
     ``features`` None means the online store could not be read (``store_error`` says why). ``predict`` makes
     the model's forecasts of the fresh rows (default :func:`model_forecasts` with ``forecaster``, in process;
-    the server runs it in another process).
+    the server runs it in another process), with intervals at the miss rates of ``levels``.
     """
     horizons = list(forecaster.horizons) if forecaster else list(settings.city.horizons)
     reasons: dict[tuple[str, int], str] = {}
@@ -180,9 +182,9 @@ def build_table(
     if not fresh.empty:
         try:
             if predict is None:
-                cells.update(model_forecasts(forecaster, fresh, horizons, settings.serving.surge_elasticity))
+                cells.update(model_forecasts(forecaster, fresh, horizons, settings.serving.surge_elasticity, levels))
             else:
-                cells.update(predict(fresh, horizons, settings.serving.surge_elasticity))
+                cells.update(predict(fresh, horizons, settings.serving.surge_elasticity, levels))
         except Exception as err:  # a model that cannot read today's features: fall back, never a 500
             model_error = f"the model cannot forecast from the online features: {type(err).__name__}: {err}"
             log.error(model_error)
@@ -205,9 +207,14 @@ def build_table(
 
 
 def model_forecasts(
-    forecaster: DemandForecaster, fresh: pd.DataFrame, horizons: list[int], elasticity: float
+    forecaster: DemandForecaster,
+    fresh: pd.DataFrame,
+    horizons: list[int],
+    elasticity: float,
+    levels: Levels | None = None,
 ) -> dict[tuple[str, int], CellForecast]:
-    """The model's forecast of every row of ``fresh`` (feature rows of cells whose features are current)."""
+    """The model's forecast of every row of ``fresh`` (feature rows of cells whose features are current), its
+    intervals at the miss rates of ``levels`` (:mod:`pulse.model.adaptive`; nominal [p10, p90] without)."""
     origins = [ts.to_pydatetime() for ts in fresh["feature_ts"]]
     supply = fresh["idle_drivers"].to_numpy(float)  # persistence: idle drivers now, expected at every horizon
     quiet = forecaster.is_quiet(fresh)
@@ -216,7 +223,7 @@ def model_forecasts(
     def horizon(h: int) -> tuple:
         mu = forecaster.mean(fresh, h, num_threads=1)
         alpha = forecaster.alphas(mu, h, quiet)
-        quantiles = [count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)]
+        quantiles = interval(mu, alpha, row_miss(levels, h, quiet))
         surge = surge_multipliers(mu, supply, elasticity)
         # Explanations are the boosters' contributions: busy cells only.
         factors: list[list[explain.Factor]] = [[] for _ in range(len(fresh))]

@@ -26,7 +26,8 @@ import pandas as pd
 from pulse.domain import metrics
 from pulse.lifecycle import rows
 from pulse.model import baselines
-from pulse.model.forecaster import MODEL_SOURCE, QUIET_SOURCE, DemandForecaster, count_quantiles, randomized_pit
+from pulse.model.adaptive import adapt_over_origins, interval
+from pulse.model.forecaster import MODEL_SOURCE, QUIET_SOURCE, DemandForecaster, randomized_pit
 from pulse.settings import BUCKET_MINUTES, PulseSettings
 from pulse.stores.feature_store import historical_features
 
@@ -100,6 +101,7 @@ def forecast_window(
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in (MODEL, *baseline_names)}
     actual_parts, pit, pit_by_cells = [], {}, {group: {} for group in CELL_GROUPS}
     quiet_all = forecaster.is_quiet(features)
+    origin_ns = origin.dt.tz_localize(None).to_numpy("datetime64[ns]")
     t0 = time.perf_counter()
     for h in forecaster.horizons:
         inside = (origin + pd.Timedelta(minutes=h) <= end_utc).to_numpy()
@@ -108,17 +110,22 @@ def forecast_window(
         part, quiet = features[inside], quiet_all[inside]
         mu = forecaster.mean(part, h)
         alpha = forecaster.alphas(mu, h, quiet)
-        model_rows = export_rows(part, h, *(count_quantiles(mu, alpha, q) for q in (0.1, 0.5, 0.9)))
+        actual = part[f"target_{h}"].to_numpy(float)
+        # Intervals as the server serves them: each group's miss rate follows its misses, origin by origin.
+        miss = np.empty(len(part))
+        for group in (~quiet, quiet):
+            if group.any():
+                miss[group] = adapt_over_origins(origin_ns[inside][group], h, actual[group], mu[group], alpha[group])
+        model_rows = export_rows(part, h, *interval(mu, alpha, miss))
         frames[MODEL].append(model_rows.assign(source=np.where(quiet, QUIET_SOURCE, MODEL_SOURCE)))
         for name in baseline_names:
             q = baselines.baseline_quantiles(part, name, h)
             frames[name].append(export_rows(part, h, q["p10"], q["p50"], q["p90"]))
-        actual = part[f"target_{h}"].to_numpy(float)
         actual_parts.append(frames[MODEL][-1][KEYS].assign(actual=actual))
         known = np.isfinite(actual)
         if known.any():
-            inside_pit = randomized_pit(actual[known], mu[known], alpha[known], seed=h)
-            inside_pit = (inside_pit >= 0.1) & (inside_pit <= 0.9)
+            u = randomized_pit(actual[known], mu[known], alpha[known], seed=h)
+            inside_pit = (u >= miss[known] / 2) & (u <= 1 - miss[known] / 2)
             pit[h] = float(np.mean(inside_pit))
             for group, is_group in (("busy", ~quiet[known]), ("quiet", quiet[known])):
                 if is_group.any():

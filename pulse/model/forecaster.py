@@ -10,7 +10,9 @@ two days were, and real cities' intervals came out too narrow or too wide by the
 mean is small the remaining uncertainty is mostly Poisson noise, where it is large the error of μ itself
 dominates, so one α for all levels makes intervals too wide for quiet cells and too narrow for busy ones.
 p10/p50/p90 are the distribution's quantiles; p50 is its median, the forecast that minimises absolute error
-(what WAPE scores).
+(what WAPE scores). The server and the backtest move the interval's levels with the model's recent misses
+(:mod:`pulse.model.adaptive`); ``predict`` (a registered version's pyfunc, which keeps no state) gives the
+nominal 0.1 and 0.9.
 
 For counts, an interval [p10, p90] with integer ends covers more than 80% of outcomes even when the
 distribution is exactly right (a cell with μ = 0.3 has p10 = 0 and P(Y = 0) = 0.74). Calibration is
@@ -175,15 +177,17 @@ def fit_level_dispersion(actual: np.ndarray, mean: np.ndarray) -> tuple[float, l
     return overall, alphas
 
 
-def count_quantiles(mean: np.ndarray, alpha: float | np.ndarray, q: float) -> np.ndarray:
-    """q-quantile of NB(μ, α) per row; Poisson where α is (close to) 0. ``alpha`` may be one value or per row."""
+def count_quantiles(mean: np.ndarray, alpha: float | np.ndarray, q: float | np.ndarray) -> np.ndarray:
+    """q-quantile of NB(μ, α) per row; Poisson where α is (close to) 0. ``alpha`` and ``q`` may be one value or
+    per row."""
     mu = np.clip(np.asarray(mean, dtype=float), 1e-9, None)
     a = np.broadcast_to(np.asarray(alpha, dtype=float), mu.shape)
+    q = np.broadcast_to(np.asarray(q, dtype=float), mu.shape)
     out = stats.poisson.ppf(q, mu)
     nb = a >= 1e-6
     if nb.any():
         n = 1.0 / a[nb]
-        out[nb] = stats.nbinom.ppf(q, n, n / (n + mu[nb]))
+        out[nb] = stats.nbinom.ppf(q[nb], n, n / (n + mu[nb]))
     return out
 
 
