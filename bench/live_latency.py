@@ -212,12 +212,18 @@ def _summary(values: list[float]) -> dict:
 
 
 # -- cities ----------------------------------------------------------------------------------------------
+def run_hours(buckets: int) -> float:
+    """City hours of a run whose API answers from ``buckets`` buckets: one more is updated, because the update of
+    a run's last bucket may be published as `pulse live` stops its API."""
+    return (buckets + 1) / 4
+
+
 def demo(args) -> list[dict]:
     from bench.serving_bench import ensure_city
 
     ensure_city(args.demo_home)
     home = copy_city(args.demo_home, args.work / "demo")
-    return [live_run(home, args.speed, args.buckets / 4, args.rate, "demo")]
+    return [live_run(home, args.speed, run_hours(args.buckets), args.rate, "demo")]
 
 
 def large(args) -> list[dict]:
@@ -229,7 +235,7 @@ def large(args) -> list[dict]:
     if not (history / BUILT).exists():
         build_large(history)
     home = copy_city(history, args.work / "large")
-    early = live_run(home, args.large_speed, args.buckets / 4, args.rate, "large 1×, day's first buckets")
+    early = live_run(home, args.large_speed, run_hours(args.buckets), args.rate, "large 1×, day's first buckets")
     # Late in the day: the stream lands everything up to 20:00 at once (the first update catches up on it),
     # then the buckets after it are measured like the first ones.
     os.environ["PULSE_HOME"] = str(home)
@@ -238,7 +244,7 @@ def large(args) -> list[dict]:
 
     stream = CityStream(PulseSettings(home=home))
     stream.emit(datetime.combine(pt.DAY, datetime.min.time(), UTC) + timedelta(hours=20))
-    late = live_run(home, args.large_speed, args.buckets / 4 + 0.25, args.rate, "large 1×, after 20 h of the day")
+    late = live_run(home, args.large_speed, run_hours(args.buckets) + 0.25, args.rate, "large 1×, after 20 h of the day")
     late["catch_up"] = late["buckets"][:1]
     late["buckets"] = late["buckets"][1:]
     late["api_latency"] = _summary([b["api_seconds"] for b in late["buckets"] if b["api_seconds"] is not None])
@@ -246,7 +252,7 @@ def large(args) -> list[dict]:
     # 3×: the same city's next day with three times the events (the stream simulates it from a scaled config).
     triple = copy_city(history, args.work / "large3")
     scale_config(triple, 3.0)
-    heavy = live_run(triple, args.large_speed, args.buckets / 4, args.rate, "large 3×, day's first buckets")
+    heavy = live_run(triple, args.large_speed, run_hours(args.buckets), args.rate, "large 3×, day's first buckets")
     return [early, late, heavy]
 
 
