@@ -244,7 +244,9 @@ def large(args) -> list[dict]:
 
     stream = CityStream(PulseSettings(home=home))
     stream.emit(datetime.combine(pt.DAY, datetime.min.time(), UTC) + timedelta(hours=20))
-    late = live_run(home, args.large_speed, run_hours(args.buckets) + 0.25, args.rate, "large 1×, after 20 h of the day")
+    late = live_run(
+        home, args.large_speed, run_hours(args.buckets) + 0.25, args.rate, "large 1×, after 20 h of the day"
+    )
     late["catch_up"] = late["buckets"][:1]
     late["buckets"] = late["buckets"][1:]
     late["api_latency"] = _summary([b["api_seconds"] for b in late["buckets"] if b["api_seconds"] is not None])
