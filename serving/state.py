@@ -407,7 +407,7 @@ class ServingState:
         """Keep the model's forecasts of ``table`` until their target buckets close and score them."""
         rows: dict[tuple[datetime, int, str], tuple[list, list, list]] = {}
         for key, cell in table.cells.items():
-            if cell.degraded or cell.source == "climatology":
+            if cell.degraded:  # the climatology fallback: not the model's forecast
                 continue
             group = QUIET if cell.source == QUIET_SOURCE else BUSY
             for h, f in cell.horizons.items():

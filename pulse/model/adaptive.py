@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from pulse.data.contract import BUCKET_MINUTES, FEATURE_NAMES
 from pulse.model.forecaster import count_cdf, count_quantiles
 
 TARGET_MISS = 0.2  # [p10, p90]: 10% below, 10% above
@@ -92,9 +93,9 @@ def adapt_over_origins(
 
 
 def snapshot_counts(frame) -> dict[tuple[str, int], dict[datetime, float]]:
-    """Per (cell, service type) of an online snapshot, the counts of its bucket and the three before it, by
+    """Per (cell, service type) of an online snapshot, the counts of its bucket and of the lags before it, by
     bucket end: a server that missed a snapshot still scores the forecasts of the buckets in between."""
-    lags = [c for c in ("requests", "requests_lag_1", "requests_lag_2", "requests_lag_3") if c in frame]
+    lags = [c for c in ("requests", *(f for f in FEATURE_NAMES if f.startswith("requests_lag_"))) if c in frame]
     out: dict[tuple[str, int], dict[datetime, float]] = {}
     ends = [ts.to_pydatetime() for ts in frame["feature_ts"]]
     columns = [frame[c].to_numpy(float) for c in lags]
@@ -102,7 +103,7 @@ def snapshot_counts(frame) -> dict[tuple[str, int], dict[datetime, float]]:
         counts = out.setdefault((str(key[0]), int(key[1])), {})
         for k, values in enumerate(columns):
             if np.isfinite(values[i]):
-                counts[ends[i] - timedelta(minutes=15 * k)] = float(values[i])
+                counts[ends[i] - timedelta(minutes=BUCKET_MINUTES * k)] = float(values[i])
     return out
 
 
